@@ -1,3 +1,22 @@
-from .bi_wkv_interface import bi_wkv, bi_wkv_ref
+"""Bi-WKV operator (Vision-RWKV's bidirectional WKV) with CPU, CUDA and pure-PyTorch backends."""
+from .bi_wkv_interface import (
+    BACKENDS,
+    ENV_BACKEND,
+    BiWKVFunction,
+    bi_wkv,
+    bi_wkv_ref,
+    check_inputs,
+    resolve_backend,
+)
+from .bi_wkv_torch import bi_wkv_torch
 
-__all__ = ["bi_wkv", "bi_wkv_ref"]
+__all__ = [
+    "bi_wkv",
+    "bi_wkv_ref",
+    "bi_wkv_torch",
+    "check_inputs",
+    "resolve_backend",
+    "BiWKVFunction",
+    "BACKENDS",
+    "ENV_BACKEND",
+]
