@@ -1,2 +1,40 @@
-"""Med-URWKV: pure-RWKV U-Net for medical image segmentation, for MONAI."""
+"""Med-URWKV: pure-RWKV U-Net for medical image segmentation, for MONAI.
+
+Public names are imported on first use, so that ``python -m medurwkv_net`` commands and bundle
+subprocesses do not pay for importing the networks (and MONAI) when they do not need them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "MedURWKV": ".networks.medurwkv",
+    "VRWKV": ".networks.vrwkv",
+    "vrwkv_tiny": ".networks.vrwkv",
+    "vrwkv_small": ".networks.vrwkv",
+    "vrwkv_base": ".networks.vrwkv",
+    "load_vrwkv_weights": ".pretrained",
+    "convert_weights": ".pretrained",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .networks.medurwkv import MedURWKV
+    from .networks.vrwkv import VRWKV, vrwkv_base, vrwkv_small, vrwkv_tiny
+    from .pretrained import convert_weights, load_vrwkv_weights
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,28 @@
+"""Released Vision-RWKV weights: registry, loading (local / hf:// / registry name) and conversion."""
+from .weights import (
+    PRETRAINED_CFGS,
+    LoadReport,
+    PretrainedCfg,
+    adapt_input_conv,
+    checkpoint_filter_fn,
+    convert_weights,
+    load_checkpoint,
+    load_vrwkv_weights,
+    register_pretrained,
+    resolve_source,
+    sha256sum,
+)
+
+__all__ = [
+    "PRETRAINED_CFGS",
+    "LoadReport",
+    "PretrainedCfg",
+    "adapt_input_conv",
+    "checkpoint_filter_fn",
+    "convert_weights",
+    "load_checkpoint",
+    "load_vrwkv_weights",
+    "register_pretrained",
+    "resolve_source",
+    "sha256sum",
+]
