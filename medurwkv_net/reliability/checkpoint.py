@@ -1,0 +1,448 @@
+"""Resumable, atomically written training checkpoints for ignite / MONAI workflows.
+
+``ResumableCheckpoint`` builds on :class:`ignite.handlers.Checkpoint` with :class:`AtomicDiskSaver`.
+Every checkpoint holds the trainer state (epoch, iteration), the given objects (model, optimizer, LR
+scheduler, AMP scaler, ...), RNG states (python, numpy, torch, cuda) and the best metric with the full
+metric history. With ``resume`` it restores the newest *readable* checkpoint at ``Events.STARTED``: a
+truncated or unreadable newer file is reported (naming the file) and the previous good one is used.
+Loading uses ``torch.load(weights_only=True)`` only: everything is stored as tensors and plain types.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from .atomic import TMP_SUFFIX, AtomicDiskSaver
+from .errors import CheckpointError, CorruptWeightsError, UnsafeWeightsError
+from .weights import safe_torch_load
+
+__all__ = [
+    "ResumableCheckpoint",
+    "TrainingProgress",
+    "capture_rng_state",
+    "restore_rng_state",
+    "load_checkpoint_file",
+    "find_checkpoints",
+    "FORMAT",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "medurwkv_net.resumable_checkpoint/1"
+_RESERVED = ("trainer", "progress", "checkpointer")
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> dict:
+    """RNG states of python, numpy, torch (and every CUDA device) as tensors and plain types."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npd = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": npd["bit_generator"],
+            "state": {"key": npd["key"].numpy().astype(np.uint32), "pos": npd["pos"]},
+            "has_gauss": npd["has_gauss"],
+            "gauss": npd["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning(
+                f"checkpoint holds CUDA RNG states for {len(cuda)} devices, this machine has "
+                f"{torch.cuda.device_count()}: CUDA RNG not restored"
+            )
+
+
+# ---------------------------------------------------------------------------------- progress tracker
+class TrainingProgress:
+    """Stateful record of the best metric, the per-epoch metric history and the RNG states."""
+
+    def __init__(self, metric_name: str | None = None, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best_metric: float | None = None
+        self.best_metric_epoch: int = -1
+        self.history: dict[int, dict] = {}
+        self.restore_rng = True
+
+    def record(self, epoch: int, iteration: int, metrics: Mapping[str, Any]) -> None:
+        values = {}
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if isinstance(v, numbers.Number) and not isinstance(v, bool):
+                values[str(k)] = float(v)
+        entry = self.history.setdefault(int(epoch), {"epoch": int(epoch), "iteration": int(iteration), "metrics": {}})
+        entry["iteration"] = int(iteration)
+        entry["metrics"].update(values)
+        if self.metric_name is not None and self.metric_name in values:
+            value = values[self.metric_name]
+            if not math.isfinite(value):
+                return
+            better = (
+                self.best_metric is None
+                or (self.mode == "max" and value > self.best_metric)
+                or (self.mode == "min" and value < self.best_metric)
+            )
+            if better:
+                self.best_metric, self.best_metric_epoch = value, int(epoch)
+
+    def history_list(self) -> list[dict]:
+        return [self.history[e] for e in sorted(self.history)]
+
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "metric_name": self.metric_name,
+            "mode": self.mode,
+            "best_metric": self.best_metric,
+            "best_metric_epoch": self.best_metric_epoch,
+            "history": self.history_list(),
+            "rng": capture_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best_metric = state["best_metric"]
+        self.best_metric_epoch = int(state["best_metric_epoch"])
+        self.history = {int(h["epoch"]): dict(h) for h in state["history"]}
+        if self.restore_rng and state.get("rng") is not None:
+            restore_rng_state(state["rng"])
+
+
+# ------------------------------------------------------------------------------------ file helpers
+def find_checkpoints(save_dir: str | Path, filename_prefix: str = "checkpoint") -> list[Path]:
+    """Checkpoint files ``<prefix>_<iteration>.pt`` in ``save_dir``, newest (highest iteration) first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(filename_prefix)}_(\d+)\.pt$")
+    found = []
+    for p in save_dir.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def load_checkpoint_file(path: str | Path, required: tuple[str, ...] = ("trainer", "progress")) -> dict:
+    """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        ckpt = safe_torch_load(path, what="checkpoint")
+    except (CorruptWeightsError, UnsafeWeightsError, FileNotFoundError) as e:
+        raise CheckpointError(f"checkpoint '{path}' refused: {e}") from e
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(ckpt).__name__}, expected a dict of states")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{path}' lacks the entries {missing} (has {sorted(ckpt)}); "
+            "it was not written by ResumableCheckpoint"
+        )
+    trainer = ckpt.get("trainer")
+    if "trainer" in required and (not isinstance(trainer, Mapping) or "iteration" not in trainer):
+        raise CheckpointError(f"checkpoint '{path}': entry 'trainer' has no 'iteration' ({trainer!r})")
+    return dict(ckpt)
+
+
+# ------------------------------------------------------------------------------------- the handler
+class ResumableCheckpoint:
+    """Atomic, resumable checkpointing of a whole training run (ignite handler, MONAI bundle friendly).
+
+    Args:
+        save_dir: folder of the checkpoints (created if missing).
+        trainer: the trainer engine; if given the handler attaches at once, otherwise call ``attach(trainer)``
+            (MONAI workflows do this for every entry of ``train#handlers``).
+        objects: states to save, e.g. ``{"model": net, "optimizer": opt, "lr_scheduler": sched,
+            "scaler": scaler}``. ``None`` values are dropped (e.g. no scaler without AMP). The keys
+            'trainer', 'progress' and 'checkpointer' are reserved.
+        resume: ``True`` load the newest good checkpoint at ``Events.STARTED`` (error if there is none),
+            ``"auto"`` resume if one exists, ``False`` start afresh (previous checkpoints found in
+            ``save_dir`` are moved to ``save_dir/previous_runs/<time>/``, never deleted).
+        filename_prefix: files are ``<prefix>_<iteration>.pt``.
+        save_every_epochs: save at every N-th ``EPOCH_COMPLETED`` (and at the last epoch).
+        save_every_iterations: additionally save every N iterations (mid-epoch).
+        n_saved: number of checkpoints kept (>= 2 recommended: the older one is the fallback).
+        metric_name / metric_engine / mode: the metric to track as "best"; its values are taken from
+            ``metric_engine.state.metrics`` (e.g. the MONAI evaluator) when it completes, else from the trainer's
+            ``state.metrics`` at epoch end. The whole ``state.metrics`` dict is recorded per epoch.
+        strict: passed to ``model.load_state_dict`` on resume.
+        restore_rng: restore the RNG states on resume (default).
+        before_replace: test hook ``f(tmp_path, final_path)`` called before each ``os.replace``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        trainer: Engine | None = None,
+        objects: Mapping[str, Any] | None = None,
+        resume: bool | str = False,
+        filename_prefix: str = "checkpoint",
+        save_every_epochs: int = 1,
+        save_every_iterations: int | None = None,
+        n_saved: int = 2,
+        metric_name: str | None = None,
+        metric_engine: Engine | None = None,
+        mode: str = "max",
+        strict: bool = True,
+        restore_rng: bool = True,
+        before_replace: Callable[[Path, Path], None] | None = None,
+    ):
+        if isinstance(resume, str):
+            low = resume.strip().lower()
+            resume = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(low, low)
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        if save_every_epochs is not None and int(save_every_epochs) < 1:
+            raise ValueError(f"save_every_epochs must be >= 1, got {save_every_epochs}")
+        if save_every_iterations is not None and int(save_every_iterations) < 1:
+            raise ValueError(f"save_every_iterations must be >= 1 or None, got {save_every_iterations}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", filename_prefix):
+            raise ValueError(f"filename_prefix must be a plain file name part, got {filename_prefix!r}")
+        objects = {k: v for k, v in dict(objects or {}).items() if v is not None}
+        bad = [k for k in objects if k in _RESERVED]
+        if bad:
+            raise ValueError(f"objects use reserved keys {bad}; reserved: {list(_RESERVED)}")
+        for k, v in objects.items():
+            if not (hasattr(v, "state_dict") and hasattr(v, "load_state_dict")):
+                raise TypeError(f"object '{k}' ({type(v).__name__}) has no state_dict/load_state_dict")
+        self.save_dir = Path(save_dir)
+        self.objects = objects
+        self.resume = resume
+        self.filename_prefix = filename_prefix
+        self.save_every_epochs = int(save_every_epochs)
+        self.save_every_iterations = None if save_every_iterations is None else int(save_every_iterations)
+        self.n_saved = n_saved
+        self.metric_engine = metric_engine
+        self.strict = strict
+        self.before_replace = before_replace
+        self.progress = TrainingProgress(metric_name=metric_name, mode=mode)
+        self.progress.restore_rng = restore_rng
+        self.trainer: Engine | None = None
+        self.checkpointer: Checkpoint | None = None
+        self.saver: AtomicDiskSaver | None = None
+        self.loaded_from: Path | None = None
+        self.refused: list[str] = []  # errors of unusable checkpoints met while resuming
+        self._last_saved_iteration: int | None = None
+        if trainer is not None:
+            self.attach(trainer)
+
+    # -------------------------------------------------------------------------------- attaching
+    def attach(self, engine: Engine) -> None:
+        if self.trainer is not None:
+            if engine is not self.trainer:
+                raise RuntimeError("ResumableCheckpoint is already attached to another trainer")
+            return
+        self.trainer = engine
+        self.saver = AtomicDiskSaver(self.save_dir, create_dir=True, require_empty=False,
+                                     before_replace=self.before_replace)
+        to_save = {"trainer": engine, **self.objects, "progress": self.progress}
+        self.checkpointer = Checkpoint(
+            to_save,
+            self.saver,
+            filename_prefix=self.filename_prefix,
+            n_saved=self.n_saved,
+            global_step_transform=lambda e, _: e.state.iteration,
+            filename_pattern="{filename_prefix}_{global_step}.{ext}",
+            include_self=True,
+        )
+        engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
+        if self.metric_engine is not None:
+            self.metric_engine.add_event_handler(Events.COMPLETED, self._on_metrics_completed)
+
+    # ------------------------------------------------------------------------------------ events
+    def _move_to_end(self, engine: Engine) -> None:
+        """Make our save handlers the last ones of their events, whatever the order handlers were attached
+        in (e.g. before LrScheduleHandler / ValidationHandler in a bundle's ``train#handlers``): a checkpoint
+        then holds the state *after* every other end-of-epoch handler ran (scheduler stepped, metrics in)."""
+        for event, handler in ((Events.EPOCH_COMPLETED, self._on_epoch_completed),
+                               (Events.ITERATION_COMPLETED, self._on_iteration_completed)):
+            if engine.has_event_handler(handler, event):
+                engine.remove_event_handler(handler, event)
+            engine.add_event_handler(event, handler)
+
+    def _on_started(self, engine: Engine) -> None:
+        self._move_to_end(engine)
+        if engine.state.iteration > 0:
+            # run() continuing in this process (after terminate/interrupt) or state restored by another
+            # loader before run(): the run is already under way, neither reload nor archive anything
+            logger.info(f"trainer starts at iteration {engine.state.iteration}: no checkpoint loaded")
+            return
+        if idist.get_rank() == 0:
+            self._cleanup_temp_files()
+        if self.resume:
+            self.load_latest(engine, required=self.resume is True)
+        elif idist.get_rank() == 0:
+            self._archive_previous_run()
+
+    def _on_epoch_completed(self, engine: Engine) -> None:
+        if self.metric_engine is None:
+            self.progress.record(engine.state.epoch, engine.state.iteration, engine.state.metrics)
+        last = engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs
+        if engine.state.epoch % self.save_every_epochs == 0 or last:
+            self._save(engine)
+
+    def _on_iteration_completed(self, engine: Engine) -> None:
+        if self.save_every_iterations and engine.state.iteration % self.save_every_iterations == 0:
+            self._save(engine)
+
+    def _on_metrics_completed(self, evaluator: Engine) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.state.epoch < 1:
+            return
+        self.progress.record(trainer.state.epoch, trainer.state.iteration, evaluator.state.metrics)
+        # validation ran after this iteration's checkpoint was written: write it again with the metric
+        if self._last_saved_iteration == trainer.state.iteration:
+            self._save(trainer)
+
+    def _save(self, engine: Engine) -> None:
+        assert self.checkpointer is not None
+        self.checkpointer(engine)
+        self._last_saved_iteration = engine.state.iteration
+
+    # ------------------------------------------------------------------------------------ resume
+    @property
+    def last_checkpoint(self) -> Path | None:
+        if self.checkpointer is None or self.checkpointer.last_checkpoint is None:
+            return None
+        return Path(self.checkpointer.last_checkpoint)
+
+    @property
+    def metric_history(self) -> list[dict]:
+        return self.progress.history_list()
+
+    def load_latest(self, engine: Engine, required: bool = True) -> Path | None:
+        """Restore the newest readable checkpoint of ``save_dir`` into ``engine`` and the objects."""
+        candidates = find_checkpoints(self.save_dir, self.filename_prefix)
+        self.refused = []
+        for path in candidates:
+            try:
+                ckpt = load_checkpoint_file(path)
+            except CheckpointError as e:
+                self.refused.append(str(e))
+                logger.error(f"{e} -- trying the previous checkpoint")
+                continue
+            self._apply(engine, ckpt, path)
+            return path
+        if candidates:
+            raise CheckpointError(
+                f"no usable checkpoint in '{self.save_dir}': all {len(candidates)} candidate(s) were refused:\n  "
+                + "\n  ".join(self.refused)
+            )
+        if required:
+            raise CheckpointError(
+                f"resume requested but '{self.save_dir}' holds no checkpoint '{self.filename_prefix}_<iteration>.pt'"
+            )
+        logger.info(f"no checkpoint in '{self.save_dir}': starting a new run")
+        return None
+
+    def _apply(self, engine: Engine, ckpt: Mapping, path: Path) -> None:
+        missing = [k for k in self.objects if k not in ckpt]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint '{path}' lacks the entries {missing} needed to resume (has {sorted(ckpt)})"
+            )
+        to_load = dict(self.objects)
+        to_load["progress"] = self.progress
+        try:
+            Checkpoint.load_objects(to_load=to_load, checkpoint={k: ckpt[k] for k in to_load}, strict=self.strict)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint '{path}' does not fit the objects to resume: {e}") from e
+        if "checkpointer" in ckpt and self.checkpointer is not None:
+            self.checkpointer.load_state_dict(ckpt["checkpointer"])
+        self._restore_trainer(engine, ckpt["trainer"], path)
+        if self.metric_engine is not None and self.progress.best_metric is not None:
+            state = self.metric_engine.state
+            if hasattr(state, "best_metric"):  # MONAI workflows keep the key metric's best here
+                state.best_metric = self.progress.best_metric
+                state.best_metric_epoch = self.progress.best_metric_epoch
+        self.loaded_from = path
+        self._last_saved_iteration = engine.state.iteration
+        logger.info(
+            f"resumed from '{path}': epoch {engine.state.epoch}, iteration {engine.state.iteration}, "
+            f"best {self.progress.metric_name}={self.progress.best_metric}"
+        )
+
+    @staticmethod
+    def _restore_trainer(engine: Engine, saved: Mapping, path: Path) -> None:
+        iteration = int(saved["iteration"])
+        saved_len = saved.get("epoch_length")
+        cur_len = engine.state.epoch_length or saved_len
+        max_epochs = engine.state.max_epochs if engine.state.max_epochs is not None else saved.get("max_epochs")
+        if saved_len and cur_len and saved_len != cur_len:
+            epoch = iteration // saved_len
+            logger.warning(
+                f"checkpoint '{path}' was written with epoch_length={saved_len}, this run has {cur_len}: "
+                f"resuming at the start of epoch {epoch + 1}"
+            )
+            iteration = epoch * cur_len
+        epoch = iteration // cur_len if cur_len else 0
+        if max_epochs is not None and epoch > max_epochs:
+            raise CheckpointError(
+                f"checkpoint '{path}' is at epoch {epoch}, beyond this run's max_epochs={max_epochs}"
+            )
+        engine.load_state_dict({"iteration": iteration, "epoch_length": cur_len, "max_epochs": max_epochs})
+
+    # ------------------------------------------------------------------------------ housekeeping
+    def _cleanup_temp_files(self) -> None:
+        if not self.save_dir.is_dir():
+            return
+        for p in self.save_dir.glob(f".{self.filename_prefix}_*{TMP_SUFFIX}"):
+            logger.warning(f"removing incomplete checkpoint write '{p}' (interrupted before os.replace)")
+            p.unlink(missing_ok=True)
+
+    def _archive_previous_run(self) -> None:
+        old = find_checkpoints(self.save_dir, self.filename_prefix)
+        if not old:
+            return
+        dest = self.save_dir / "previous_runs" / time.strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+        dest.mkdir(parents=True)
+        for p in old:
+            p.rename(dest / p.name)
+        logger.warning(
+            f"resume is off: moved {len(old)} checkpoint(s) of a previous run from '{self.save_dir}' to '{dest}'"
+        )

@@ -1,0 +1,30 @@
+"""Exceptions raised by :mod:`medurwkv_net.reliability`; every message names the file/key at fault."""
+from __future__ import annotations
+
+
+class ReliabilityError(RuntimeError):
+    """Base class of the errors of this package."""
+
+
+class WeightsIntegrityError(ReliabilityError):
+    """A weight file does not have the expected sha256 (tampered, truncated or wrong file)."""
+
+
+class UnsafeWeightsError(ReliabilityError):
+    """A weight file contains pickled objects that ``torch.load(weights_only=True)`` refuses."""
+
+
+class CorruptWeightsError(ReliabilityError):
+    """A weight file cannot be read (truncated, not a torch/safetensors file)."""
+
+
+class CheckpointError(ReliabilityError):
+    """A training checkpoint cannot be used (truncated, unreadable or missing entries)."""
+
+
+class DataVerificationError(ReliabilityError, ValueError):
+    """A dataset failed verification; ``.report`` holds the per-case results."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

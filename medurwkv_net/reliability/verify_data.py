@@ -1,0 +1,759 @@
+"""Dataset verification: open every image/label pair and report, per case, everything that would make
+training fail mid-epoch or silently learn from garbage.
+
+Checks (``Finding.check`` codes): ``entry`` (malformed datalist entry), ``missing`` (file or partner
+missing), ``unreadable`` (truncated / corrupt PNG, JPEG, BMP, NIfTI, ...), ``shape`` (image vs label
+spatial shape), ``affine`` (image vs label spacing/orientation beyond a tolerance), ``channels``
+(image channel count), ``label_values`` (values outside ``range(num_classes)`` or not integers),
+``nonfinite`` (NaN/Inf intensities), ``duplicate`` (same file or identical content twice).
+Warnings: ``empty_label`` (only background), ``constant_image``.
+
+Files are read with MONAI's readers (``PILReader`` for 2D bitmaps, ``NibabelReader`` for NIfTI,
+``NumpyReader`` for .npy/.npz) so that what is verified is what the training pipeline loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from ignite.engine import Engine, Events
+
+from .errors import DataVerificationError
+
+__all__ = [
+    "Finding",
+    "CaseReport",
+    "VerificationReport",
+    "verify_datalist",
+    "VerifyDataHandler",
+    "verify_data_cli",
+    "read_array",
+]
+
+logger = logging.getLogger(__name__)
+
+_PIL_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+_NIFTI_EXT = (".nii", ".nii.gz", ".img", ".hdr")
+_NUMPY_EXT = (".npy", ".npz")
+
+
+@dataclass
+class Finding:
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.message}"
+
+
+@dataclass
+class CaseReport:
+    case_id: str
+    image: Any = None
+    label: Any = None
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, check: str, message: str) -> None:
+        self.errors.append(Finding(check, message))
+
+    def warn(self, check: str, message: str) -> None:
+        self.warnings.append(Finding(check, message))
+
+    def to_dict(self) -> dict:
+        return {
+            "case": self.case_id,
+            "image": _describe(self.image),
+            "label": _describe(self.label),
+            "errors": [vars(f) for f in self.errors],
+            "warnings": [vars(f) for f in self.warnings],
+        }
+
+
+@dataclass
+class VerificationReport:
+    cases: list[CaseReport]
+    num_classes: int | None = None
+    problems: list[str] = field(default_factory=list)  # errors not tied to one case (e.g. empty list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(c.ok for c in self.cases)
+
+    @property
+    def failed(self) -> list[CaseReport]:
+        return [c for c in self.cases if not c.ok]
+
+    @property
+    def warned(self) -> list[CaseReport]:
+        return [c for c in self.cases if c.warnings]
+
+    def counts(self) -> dict[str, int]:
+        """Number of findings per check code (errors and warnings)."""
+        out: dict[str, int] = {}
+        for c in self.cases:
+            for f in c.errors + c.warnings:
+                out[f.check] = out.get(f.check, 0) + 1
+        return out
+
+    def summary(self, max_cases: int = 100) -> str:
+        lines = [
+            f"verify-data: {len(self.cases)} case(s), {len(self.failed)} with errors, "
+            f"{len(self.warned)} with warnings" + (f"; findings per check: {self.counts()}" if self.counts() else "")
+        ]
+        lines += [f"ERROR {p}" for p in self.problems]
+        shown = 0
+        for c in self.cases:
+            if not (c.errors or c.warnings):
+                continue
+            if shown >= max_cases:
+                lines.append(f"... {len(self.failed) + len(self.warned) - shown} more case(s) not shown")
+                break
+            shown += 1
+            tag = "ERROR" if c.errors else "WARN "
+            lines.append(f"{tag} {c.case_id} (image={_describe(c.image)}, label={_describe(c.label)})")
+            lines += [f"    - {f}" for f in c.errors]
+            lines += [f"    ~ {f}" for f in c.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "num_cases": len(self.cases),
+            "num_failed": len(self.failed),
+            "num_warned": len(self.warned),
+            "counts": self.counts(),
+            "cases": [c.to_dict() for c in self.cases if c.errors or c.warnings],
+        }
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            raise DataVerificationError(self.summary(), report=self)
+
+
+def _describe(x: Any) -> Any:
+    if x is None or isinstance(x, (str, os.PathLike)):
+        return None if x is None else str(x)
+    if isinstance(x, (list, tuple)):
+        return [_describe(v) for v in x]
+    if hasattr(x, "shape"):
+        return f"<array {tuple(x.shape)}>"
+    return repr(x)
+
+
+# ----------------------------------------------------------------------------------------- reading
+@dataclass
+class _Loaded:
+    array: np.ndarray  # spatial dims first, channel last (if any)
+    channels: int
+    spatial_shape: tuple[int, ...]
+    affine: np.ndarray | None
+    digest: str | None
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _reader_for(path: Path):
+    from monai.data import NibabelReader, NumpyReader, PILReader
+
+    ext = _suffix(path)
+    if ext in _PIL_EXT:
+        return PILReader()
+    if ext in _NIFTI_EXT:
+        return NibabelReader()
+    if ext in _NUMPY_EXT:
+        return NumpyReader()
+    return None
+
+
+def read_array(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read one file with the matching MONAI reader, forcing the pixel data to be decoded.
+
+    Raises ``OSError``/``ValueError`` subclasses from the readers for truncated or corrupt files.
+    """
+    path = Path(path)
+    reader = _reader_for(path)
+    if reader is None:
+        from monai.transforms import LoadImage
+
+        data, meta = LoadImage(image_only=False)(str(path))
+        return np.asarray(data), dict(meta)
+    from PIL import ImageFile
+
+    # a process-wide ImageFile.LOAD_TRUNCATED_IMAGES=True (set by some libraries) would let truncated
+    # bitmaps decode silently with grey filler: always decode strictly here
+    strict_before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img = reader.read(str(path))
+        arr, meta = reader.get_data(img)
+        arr = np.asarray(arr)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = strict_before
+    return arr, dict(meta)
+
+
+def _load_one(path: Path, hash_content: bool) -> _Loaded:
+    digest = None
+    if hash_content:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+    arr, meta = read_array(path)
+    cdim = meta.get("original_channel_dim", float("nan"))
+    has_channel = isinstance(cdim, (int, np.integer)) and not isinstance(cdim, bool)
+    if has_channel and int(cdim) != -1:
+        arr = np.moveaxis(arr, int(cdim), -1)
+    channels = int(arr.shape[-1]) if has_channel else 1
+    spatial = tuple(int(s) for s in (arr.shape[:-1] if has_channel else arr.shape))
+    affine = meta.get("affine")
+    affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+    return _Loaded(arr, channels, spatial, affine, digest)
+
+
+def _from_memory(x: Any, has_channel_first: bool) -> _Loaded:
+    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    if has_channel_first and arr.ndim >= 2:
+        arr = np.moveaxis(arr, 0, -1)
+        return _Loaded(arr, int(arr.shape[-1]), tuple(arr.shape[:-1]), None, None)
+    return _Loaded(arr, 1, tuple(arr.shape), None, None)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check_image_values(case: CaseReport, arr: np.ndarray, what: str, channel_last: bool) -> None:
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.complexfloating):
+        finite = None
+    else:
+        finite = np.isfinite(arr)
+    if finite is not None and not finite.all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        spatial = arr[..., 0] if channel_last and arr.ndim > 1 else arr
+        bad_spatial = ~finite.all(axis=-1) if channel_last and arr.ndim > 1 else ~finite
+        axis = spatial.ndim - 1
+        other = tuple(range(axis))
+        bad_slices = np.nonzero(bad_spatial.any(axis=other) if other else bad_spatial)[0].tolist()
+        shown = bad_slices[:10] + (["..."] if len(bad_slices) > 10 else [])
+        case.error(
+            "nonfinite",
+            f"{what} has {n_nan} NaN and {n_inf} Inf values in {len(bad_slices)} of {spatial.shape[axis]} "
+            f"slices along axis {axis} (slices {shown})",
+        )
+        return
+    if arr.size and np.all(arr == arr.flat[0]):
+        case.warn("constant_image", f"{what} is constant (every value is {arr.flat[0]!r})")
+
+
+def _check_label_values(
+    case: CaseReport, arr: np.ndarray, allowed: set[int] | None, allowed_desc: str
+) -> None:
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            case.error("nonfinite", f"label has {int((~np.isfinite(arr)).sum())} NaN/Inf values")
+            return
+        frac = arr != np.round(arr)
+        if frac.any():
+            vals = np.unique(arr[frac])[:5].tolist()
+            case.error("label_values", f"label has {int(frac.sum())} non-integer values (e.g. {vals})")
+            return
+    values = np.unique(arr)
+    ints = [int(v) for v in values.tolist()]
+    if allowed is not None:
+        bad = [v for v in ints if v not in allowed]
+        if bad:
+            counts = {v: int((arr == v).sum()) for v in bad[:10]}
+            case.error(
+                "label_values",
+                f"label values {bad[:10]}{'...' if len(bad) > 10 else ''} outside {allowed_desc} "
+                f"(voxel counts {counts})",
+            )
+            return
+    if ints == [0] or not ints:
+        case.warn("empty_label", "label is empty (background 0 only)")
+
+
+def _spacing(affine: np.ndarray) -> list[float]:
+    k = affine.shape[0] - 1
+    return [round(float(np.linalg.norm(affine[:k, i])), 6) for i in range(k)]
+
+
+@dataclass
+class _Options:
+    allowed: set[int] | None
+    allowed_desc: str
+    label_mode: str
+    label_threshold: float | None
+    allowed_channels: set[int] | None
+    affine_atol: float
+    check_duplicates: bool
+
+
+def _check_mask_values(case: CaseReport, arr: np.ndarray, threshold: float | None, what: str) -> np.ndarray | None:
+    """``label_mode="mask"``: foreground = any channel > threshold (None: 0/1 masks > 0, others > 127)."""
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        case.error("nonfinite", f"{what} has {int((~np.isfinite(arr)).sum())} NaN/Inf values")
+        return None
+    vmax = float(arr.max()) if arr.size else 0.0
+    thr = threshold if threshold is not None else (0 if vmax <= 1 else 127)
+    fg = arr > thr
+    return fg
+
+
+def verify_datalist(
+    datalist: Sequence[Any] | Mapping[str, Sequence[Any]],
+    num_classes: int | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    image_channels: int | None = None,
+    allowed_channels: Iterable[int] | None = None,
+    channel_def: Mapping[Any, str] | None = None,
+    label_values: Iterable[int] | None = None,
+    label_mode: str = "index",
+    label_threshold: float | None = None,
+    affine_atol: float = 1e-3,
+    require_label: bool = True,
+    check_duplicates: bool = True,
+    base_dir: str | os.PathLike | None = None,
+    raise_on_error: bool = False,
+) -> VerificationReport:
+    """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
+
+    Args:
+        datalist: list of dicts ``{image_key: path | [paths] | array, label_key: path | [paths] | array}`` (or
+            plain image paths), or a mapping ``{"train": [...], "validate": [...]}`` (duplicates are then also
+            found across the lists, e.g. a validation case that is also a training case).
+        num_classes: allowed label values are ``range(num_classes)``; default ``len(channel_def)``.
+        image_channels: expected number of image channels (``None``: not checked).
+        allowed_channels: channel counts the pipeline accepts (e.g. ``[1, 2, 3, 4]`` when it converts grey/RGB
+            and drops alpha); overrides ``image_channels``.
+        channel_def: ``{value: name}`` of the output (from the bundle metadata), used in messages.
+        label_values: explicit allowed label values in ``"index"`` mode (overrides ``num_classes``).
+        label_mode: ``"index"``: label files hold class indices; ``"mask"``: binary masks (a list of files is
+            united) whose foreground is ``value > label_threshold`` (None: 0/1 masks > 0, others > 127).
+        affine_atol: tolerance (in mm) for the image vs label affine comparison.
+        require_label: a case without ``label_key`` is an error ("missing partner").
+        base_dir: relative paths are resolved against it.
+        raise_on_error: raise :class:`DataVerificationError` (with the summary) if any case fails.
+    """
+    if label_mode not in ("index", "mask"):
+        raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
+    if channel_def is not None and num_classes is None:
+        num_classes = len(channel_def)
+    if label_mode == "mask":
+        if num_classes is not None and int(num_classes) != 2:
+            raise ValueError(f"label_mode='mask' gives 2 classes (background/foreground), num_classes={num_classes}")
+        allowed, allowed_desc = None, ""
+    elif label_values is not None:
+        allowed = {int(v) for v in label_values}
+        allowed_desc = f"the allowed values {sorted(allowed)}"
+    elif num_classes is not None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        allowed = set(range(int(num_classes)))
+        allowed_desc = f"range({int(num_classes)})"
+        if channel_def:
+            allowed_desc += " (channel_def " + ", ".join(f"{k}={v}" for k, v in channel_def.items()) + ")"
+    else:
+        allowed, allowed_desc = None, ""
+    if allowed_channels is not None:
+        chans: set[int] | None = {int(c) for c in allowed_channels}
+    elif image_channels is not None:
+        chans = {int(image_channels)}
+    else:
+        chans = None
+    opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
+                    bool(check_duplicates))
+
+    if isinstance(datalist, Mapping):
+        groups = [(str(k), v) for k, v in datalist.items()]
+    else:
+        groups = [("case", datalist)]
+    for name, items in groups:
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise TypeError(f"datalist '{name}' must be a list of cases, got {type(items).__name__}")
+
+    base = Path(base_dir) if base_dir is not None else None
+    seen_paths: dict[str, str] = {}
+    seen_digests: dict[str, str] = {}
+    reports: list[CaseReport] = []
+    problems = [f"datalist '{name}' is empty: no case to train/validate on (wrong dataset_dir?)"
+                for name, items in groups if len(items) == 0]
+
+    def resolve(p: Any) -> Any:
+        if isinstance(p, (str, os.PathLike)):
+            q = Path(p).expanduser()
+            return base / q if base is not None and not q.is_absolute() else q
+        return p
+
+    for gname, items in groups:
+        for idx, entry in enumerate(items):
+            case = CaseReport(case_id=f"{gname}[{idx}]")
+            reports.append(case)
+            if isinstance(entry, (str, os.PathLike)):
+                entry = {image_key: entry}
+            if not isinstance(entry, Mapping):
+                case.error("entry", f"entry is a {type(entry).__name__}, expected a dict with '{image_key}'")
+                continue
+            if image_key not in entry or entry[image_key] is None:
+                case.error("entry", f"entry has no '{image_key}' key (keys: {sorted(map(str, entry))})")
+                continue
+            image = entry[image_key]
+            label = entry.get(label_key)
+            case.image, case.label = image, label
+            if label is None and require_label:
+                case.error("missing", f"missing partner: entry has no '{label_key}'")
+            _verify_case(case, image, label, resolve, opts, seen_paths, seen_digests)
+
+    report = VerificationReport(reports, num_classes=num_classes, problems=problems)
+    for c in report.warned:
+        for f in c.warnings:
+            logger.warning(f"{c.case_id} ({_describe(c.image)}): {f}")
+    if raise_on_error:
+        report.raise_if_failed()
+    return report
+
+
+def _as_list(x: Any) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests) -> _Loaded | None:
+    """Load and check the image (one file, several files = channels, or an array); None if unusable."""
+    parts = _as_list(image)
+    loaded: list[_Loaded] = []
+    for part in parts:
+        part = resolve(part)
+        if isinstance(part, Path):
+            if not part.is_file():
+                case.error("missing", f"image file '{part}' does not exist")
+                continue
+            key = str(part.resolve())
+            same_path = opts.check_duplicates and key in seen_paths
+            if same_path:
+                case.error("duplicate", f"image file '{part}' is also used by {seen_paths[key]}")
+            elif opts.check_duplicates:
+                seen_paths[key] = case.case_id
+            try:
+                ld = _load_one(part, hash_content=opts.check_duplicates)
+            except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
+                case.error("unreadable", f"image file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
+                continue
+            if opts.check_duplicates and ld.digest is not None and not same_path:
+                if ld.digest in seen_digests and seen_digests[ld.digest] != case.case_id:
+                    case.error("duplicate", f"image file '{part}' has the same content as {seen_digests[ld.digest]}")
+                else:
+                    seen_digests.setdefault(ld.digest, case.case_id)
+            loaded.append(ld)
+        else:
+            try:
+                loaded.append(_from_memory(part, has_channel_first=True))
+            except Exception as e:
+                case.error("entry", f"image is neither a path nor an array: {_first_line(e)}")
+    if len(loaded) != len(parts):
+        return None
+    shapes = {ld.spatial_shape for ld in loaded}
+    if len(shapes) > 1:
+        case.error("shape", f"image files have different spatial shapes {sorted(shapes)}")
+        return None
+    img = loaded[0]
+    channels = sum(ld.channels for ld in loaded)
+    if opts.allowed_channels is not None and channels not in opts.allowed_channels:
+        expected = sorted(opts.allowed_channels)
+        case.error("channels", f"image has {channels} channel(s), expected "
+                               f"{expected[0] if len(expected) == 1 else 'one of ' + str(expected)} "
+                               f"(spatial shape {img.spatial_shape})")
+    for i, ld in enumerate(loaded):
+        what = "image" if len(loaded) == 1 else f"image part {i}"
+        _check_image_values(case, ld.array, what, channel_last=ld.array.ndim > len(ld.spatial_shape))
+    return img
+
+
+def _load_label_part(case, part, resolve, img, image_paths) -> _Loaded | None:
+    part = resolve(part)
+    if isinstance(part, Path):
+        if not part.is_file():
+            case.error("missing", f"missing partner: label file '{part}' does not exist")
+            return None
+        if str(part.resolve()) in image_paths:
+            case.error("entry", f"image and label are the same file '{part}'")
+            return None
+        try:
+            return _load_one(part, hash_content=False)
+        except Exception as e:
+            case.error("unreadable", f"label file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
+            return None
+    try:
+        arr = np.asarray(part.detach().cpu() if hasattr(part, "detach") else part)
+    except Exception as e:
+        case.error("entry", f"label is neither a path nor an array: {_first_line(e)}")
+        return None
+    has_c = img is not None and arr.ndim == len(img.spatial_shape) + 1
+    return _from_memory(arr, has_channel_first=has_c)
+
+
+def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_digests) -> None:
+    img = _verify_image(case, image, resolve, opts, seen_paths, seen_digests)
+    if label is None:
+        return
+    image_paths = {str(resolve(p).resolve()) for p in _as_list(image) if isinstance(resolve(p), Path)}
+    parts = _as_list(label)
+    if opts.label_mode == "index" and len(parts) != 1:
+        case.error("entry", f"label_mode 'index' takes one label file, got {len(parts)}")
+        return
+    labs = [_load_label_part(case, p, resolve, img, image_paths) for p in parts]
+    if any(lab is None for lab in labs):
+        return
+    for lab, part in zip(labs, parts):
+        what = "label" if len(parts) == 1 else f"label '{part}'"
+        if img is not None and img.spatial_shape != lab.spatial_shape:
+            case.error("shape", f"image spatial shape {img.spatial_shape} != {what} spatial shape {lab.spatial_shape}")
+            return
+        if img is not None and img.affine is not None and lab.affine is not None:
+            _compare_affines(case, img.affine, lab.affine, opts.affine_atol, what)
+    if opts.label_mode == "mask":
+        fg_any = False
+        nonzero_max = 0.0
+        for lab, part in zip(labs, parts):
+            what = "label" if len(parts) == 1 else f"label '{part}'"
+            fg = _check_mask_values(case, lab.array, opts.label_threshold, what)
+            if fg is None:
+                return
+            fg_any = fg_any or bool(fg.any())
+            if lab.array.size:
+                nonzero_max = max(nonzero_max, float(np.max(lab.array)))
+        if not fg_any:
+            if nonzero_max > 0:
+                case.warn("empty_label", f"mask has non-zero values (max {nonzero_max:g}) but none above the "
+                                         f"threshold {opts.label_threshold if opts.label_threshold is not None else 'auto (127)'}: "
+                                         "empty after thresholding")
+            else:
+                case.warn("empty_label", "label is empty (background 0 only)")
+        return
+    lab = labs[0]
+    if lab.channels > 1:
+        same = all(np.array_equal(lab.array[..., 0], lab.array[..., c]) for c in range(1, lab.channels))
+        if not same:
+            case.error("channels", f"label has {lab.channels} different channels, expected one label map")
+            return
+        lab_arr = lab.array[..., 0]
+    else:
+        lab_arr = lab.array
+    _check_label_values(case, lab_arr, opts.allowed, opts.allowed_desc)
+
+
+def _compare_affines(case, a: np.ndarray, b: np.ndarray, atol: float, what: str) -> None:
+    if a.shape != b.shape:
+        case.error("affine", f"image affine {a.shape} and {what} affine {b.shape} differ in rank")
+        return
+    diff = float(np.abs(a - b).max())
+    if diff > atol:
+        case.error(
+            "affine",
+            f"image and {what} affines differ by up to {diff:.4g} (tolerance {atol}); "
+            f"spacing image {_spacing(a)} vs label {_spacing(b)}, "
+            f"origin image {a[:-1, -1].round(4).tolist()} vs label {b[:-1, -1].round(4).tolist()}",
+        )
+
+
+# ---------------------------------------------------------------------------------- ignite handler
+class VerifyDataHandler:
+    """Runs :func:`verify_datalist` at ``Events.STARTED`` and refuses to train on bad data.
+
+    Usable as a MONAI bundle ``train#handlers`` entry::
+
+        {"_target_": "medurwkv_net.reliability.VerifyDataHandler", "datalist": "@train#dataset#data",
+         "num_classes": 3, "enabled": "@verify_data"}
+
+    Raises :class:`DataVerificationError` (message: the per-case summary) before the first iteration.
+    Verification runs once per handler (a resumed ``run`` does not repeat it) unless ``every_run``.
+    """
+
+    def __init__(
+        self,
+        datalist: Any,
+        num_classes: int | None = None,
+        enabled: bool = True,
+        image_key: str = "image",
+        label_key: str = "label",
+        every_run: bool = False,
+        **kwargs: Any,
+    ):
+        self.datalist = datalist
+        self.num_classes = num_classes
+        self.enabled = bool(enabled)
+        self.image_key = image_key
+        self.label_key = label_key
+        self.every_run = every_run
+        self.kwargs = kwargs
+        self.report: VerificationReport | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> VerificationReport | None:
+        if not self.enabled or (self.report is not None and not self.every_run):
+            return self.report
+        data = self.datalist() if callable(self.datalist) else self.datalist
+        if hasattr(data, "data") and not isinstance(data, (list, tuple, Mapping)):
+            data = data.data  # a MONAI Dataset
+        report = verify_datalist(data, self.num_classes, image_key=self.image_key,
+                                 label_key=self.label_key, **self.kwargs)
+        self.report = report
+        if not report.ok:
+            raise DataVerificationError(
+                "training refused: the dataset failed verification (switch off with enabled=False)\n"
+                + report.summary(),
+                report=report,
+            )
+        logger.info(report.summary(max_cases=20))
+        return report
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _bundle_meta(parser, config_files: list[str], meta_file: str | None) -> dict:
+    if meta_file is None:
+        guess = Path(config_files[0]).parent / "metadata.json"
+        meta_file = str(guess) if guess.is_file() else None
+    if meta_file is None:
+        return {}
+    if not Path(meta_file).is_file():
+        raise FileNotFoundError(f"meta_file '{meta_file}' does not exist")
+    with open(meta_file) as f:
+        return json.load(f)
+
+
+def _from_meta(meta: Mapping) -> tuple[int | None, int | None, dict | None]:
+    fmt = meta.get("network_data_format", {}) if isinstance(meta, Mapping) else {}
+    outputs, inputs = fmt.get("outputs", {}), fmt.get("inputs", {})
+    num_classes = image_channels = channel_def = None
+    if outputs:
+        out = next(iter(outputs.values()))
+        channel_def = out.get("channel_def") or None
+        num_classes = len(channel_def) if channel_def else out.get("num_channels")
+    if inputs:
+        image_channels = next(iter(inputs.values())).get("num_channels")
+    return num_classes, image_channels, channel_def
+
+
+def _handler_settings(parser) -> dict:
+    """Arguments of the first ``VerifyDataHandler`` in ``train#handlers`` (the bundle's own settings)."""
+    try:
+        handlers = parser.get("train#handlers")
+    except Exception:
+        return {}
+    if not isinstance(handlers, list):
+        return {}
+    for i, h in enumerate(handlers):
+        if isinstance(h, Mapping) and str(h.get("_target_", "")).endswith("VerifyDataHandler"):
+            out = {}
+            for k in h:
+                if k.startswith("_") or k in ("datalist", "enabled", "every_run"):
+                    continue
+                out[k] = parser.get_parsed_content(f"train#handlers#{i}#{k}")
+            return out
+    return {}
+
+
+def verify_data_cli(
+    config_file: str | Sequence[str],
+    dataset_dir: str | None = None,
+    meta_file: str | None = None,
+    num_classes: int | None = None,
+    image_channels: int | None = None,
+    allowed_channels: Sequence[int] | None = None,
+    label_mode: str | None = None,
+    label_threshold: float | None = None,
+    sections: str | Sequence[str] = ("train", "validate"),
+    report_file: str | None = None,
+    max_cases: int = 100,
+    **override: Any,
+) -> None:
+    """``python -m medurwkv_net verify-data --config_file configs/train.json [--dataset_dir DIR]``.
+
+    Reads the bundle config with ``monai.bundle.ConfigParser`` (``--key value`` pairs override config
+    entries like ``monai.bundle run``), resolves ``<section>#dataset#data`` for each section and verifies
+    all sections together (so a case in both train and validate is reported). Settings, first found wins:
+    the command line; the ``VerifyDataHandler`` entry of ``train#handlers``; the config's ``label_mode``,
+    ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels).
+    Prints the per-case summary, optionally writes it as JSON, and exits with status 1 on any error.
+    """
+    from monai.bundle import ConfigParser
+
+    files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
+    files = [s.strip() for f in files for s in str(f).split(",") if s.strip()]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"config file '{f}' does not exist")
+    parser = ConfigParser()
+    parser.read_config(files if len(files) > 1 else files[0])
+    meta = _bundle_meta(parser, files, meta_file)
+    if meta:
+        parser.read_meta(meta)
+    if dataset_dir is not None:
+        parser["dataset_dir"] = str(dataset_dir)
+    for k, v in override.items():
+        parser[k] = v
+
+    settings: dict[str, Any] = {}
+    m_classes, m_channels, channel_def = _from_meta(meta)
+    if m_classes is not None:
+        settings["num_classes"] = m_classes
+    if m_channels is not None:
+        settings["image_channels"] = m_channels
+    if channel_def:
+        settings["channel_def"] = channel_def
+    for key in ("label_mode", "label_threshold"):
+        if key in parser:
+            settings[key] = parser.get_parsed_content(key)
+    settings.update(_handler_settings(parser))
+    cli = {"num_classes": num_classes, "image_channels": image_channels, "allowed_channels": allowed_channels,
+           "label_mode": label_mode, "label_threshold": label_threshold}
+    settings.update({k: v for k, v in cli.items() if v is not None})
+    if settings.get("label_mode") == "mask":
+        settings.pop("channel_def", None)
+
+    if isinstance(sections, str):
+        sections = [s.strip() for s in sections.split(",") if s.strip()]
+    lists: dict[str, Any] = {}
+    for sec in sections:
+        key = f"{sec}#dataset#data"
+        if key in parser:
+            try:
+                data = parser.get_parsed_content(key)
+            except Exception as e:
+                raise RuntimeError(f"cannot resolve '{key}' from {files}: {_first_line(e)}") from e
+            lists[sec] = data
+    if not lists:
+        raise KeyError(f"none of {[f'{s}#dataset#data' for s in sections]} is defined in {files}")
+    report = verify_datalist(lists, **settings)
+    print(report.summary(max_cases=max_cases))
+    if report_file:
+        Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+        with open(report_file, "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+    if not report.ok:
+        sys.stdout.flush()
+        raise SystemExit(1)
