@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MedURWKV": ".networks.medurwkv",
+    "MedURWKV3D": ".networks.volumetric",
     "VRWKV": ".networks.vrwkv",
     "vrwkv_tiny": ".networks.vrwkv",
     "vrwkv_small": ".networks.vrwkv",
@@ -24,6 +25,7 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .networks.medurwkv import MedURWKV
+    from .networks.volumetric import MedURWKV3D
     from .networks.vrwkv import VRWKV, vrwkv_base, vrwkv_small, vrwkv_tiny
     from .pretrained import convert_weights, load_vrwkv_weights
 

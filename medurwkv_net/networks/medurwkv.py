@@ -1,7 +1,7 @@
 """Med-URWKV: a pure-RWKV U-Net with a (pre-trainable) Vision-RWKV encoder (shared/DESIGN.md section 4)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -63,7 +63,8 @@ class MedURWKV(nn.Module):
     cropped back to the input's spatial size.
 
     Args:
-        spatial_dims: number of spatial dimensions; only 2 is implemented (3 raises NotImplementedError).
+        spatial_dims: 2, or 3 for volumes (builds :class:`~medurwkv_net.networks.volumetric.MedURWKV3D`, which also
+            takes ``patch_size`` and inflates ``pretrained`` 2D weights to 3D).
         in_channels: input channels.
         out_channels: output channels (classes, logits).
         img_size: nominal input size; sets the encoder's position-embedding grid (``img_size / 16``). Other
@@ -95,6 +96,16 @@ class MedURWKV(nn.Module):
         torch.Size([2, 2, 97, 130])
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "MedURWKV":
+        # MedURWKV(spatial_dims=3, ...) builds the volumetric model (a MedURWKV subclass; Python then runs its
+        # __init__ with the same arguments)
+        spatial_dims = kwargs.get("spatial_dims", args[0] if args else 2)
+        if cls is MedURWKV and spatial_dims == 3:
+            from .volumetric import MedURWKV3D
+
+            return super().__new__(MedURWKV3D)
+        return super().__new__(cls)
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -116,12 +127,8 @@ class MedURWKV(nn.Module):
         hf_cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if spatial_dims == 3:
-            raise NotImplementedError(
-                "MedURWKV: spatial_dims=3 is not implemented yet (issue 6); use spatial_dims=2 (e.g. slice-wise)."
-            )
-        if spatial_dims != 2:
-            raise ValueError(f"MedURWKV: spatial_dims must be 2 (or 3, once implemented), got {spatial_dims!r}.")
+        if spatial_dims != 2:  # 3 never gets here: __new__ builds a MedURWKV3D
+            raise ValueError(f"MedURWKV: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
             if not isinstance(val, int) or isinstance(val, bool) or val < (0 if name == "bottleneck_depth" else 1):

@@ -71,8 +71,8 @@ def test_bad_inputs():
 
 
 def test_bad_constructor_args():
-    with pytest.raises(NotImplementedError, match="spatial_dims=3"):
-        MedURWKV(spatial_dims=3)
+    net3 = MedURWKV(spatial_dims=3, img_size=32, feature_size=16, bottleneck_depth=1, decoder_depths=(1, 1, 1))
+    assert type(net3).__name__ == "MedURWKV3D" and isinstance(net3, MedURWKV)  # volumes: tests/networks3d
     with pytest.raises(ValueError, match="spatial_dims"):
         MedURWKV(spatial_dims=1)
     with pytest.raises(ValueError, match="in_channels"):
