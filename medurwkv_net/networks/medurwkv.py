@@ -16,6 +16,15 @@ __all__ = ["MedURWKV"]
 _PRETRAINED_NAMES = {"tiny": "vrwkv_t_in1k_224", "small": "vrwkv_s_in1k_224", "base": "vrwkv_b_in1k_224"}
 
 
+def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Drop a tensor subclass such as MONAI's MetaTensor: its metadata tracking runs on every op of the
+    network (slow) and fails inside the Bi-WKV op for batched inputs. The output is a plain tensor;
+    MONAI's inferers and ``Invertd`` restore the metadata from the input."""
+    if type(x) is not torch.Tensor and hasattr(x, "as_tensor"):
+        return x.as_tensor()
+    return x
+
+
 class _Fuse(nn.Module):
     """Concatenate along channels, LayerNorm, Linear to ``out_dims``."""
 
@@ -256,6 +265,7 @@ class MedURWKV(nn.Module):
         Returns:
             logits ``[B, out_channels, H, W]``.
         """
+        x = _plain_tensor(x)
         self._check_input(x)
         h, w = int(x.shape[2]), int(x.shape[3])
         ph, pw = (32 - h % 32) % 32, (32 - w % 32) % 32

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import PatchExpand, PatchMerge, VRWKVBlock, grid_to_tokens
-from .medurwkv import MedURWKV, _Fuse, _Project
+from .medurwkv import MedURWKV, _Fuse, _plain_tensor, _Project
 from .vrwkv import VRWKV, VRWKV_VARIANTS
 
 __all__ = ["VolumePatchEmbed", "VolumePatchExpand", "VRWKV3D", "MedURWKV3D", "as_3tuple"]
@@ -330,6 +330,7 @@ class MedURWKV3D(MedURWKV):
         Returns:
             logits ``[B, out_channels, H, W, D]``.
         """
+        x = _plain_tensor(x)
         self._check_input(x)
         size = [int(s) for s in x.shape[2:]]
         pads: List[int] = []

@@ -183,3 +183,18 @@ def test_monai_bundle_verify_net_in_out():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_metatensor_batch_gives_the_plain_tensor_result():
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    net = MedURWKV(in_channels=1, out_channels=2, decoder_depths=(1, 1, 1), bottleneck_depth=1).eval()
+    x = torch.randn(2, 1, 32, 48)
+    meta = MetaTensor(x.clone(), meta={"filename_or_obj": "case.nii.gz"})
+    meta.is_batch = True
+    with torch.no_grad():
+        expected = net(x)
+        got = net(meta)
+    assert type(got) is torch.Tensor
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# MONAI Label integration check: the demo bundle served by monailabel's own BundleInferTask and trained by
+# its BundleTrainTask, on CPU, in a separate virtual environment (monailabel 0.8.5 + monai 1.6.1 beside
+# torch 2.14.1 / torchvision 0.29.1 from the local wheel index).
+#
+#   .ci/monailabel_check.sh VENV [SOURCE_VENV]
+#
+# VENV: the environment to use; created when missing. If SOURCE_VENV (an environment that already has
+# torch 2.14.1, e.g. a CUDA build environment) is given, VENV starts as a copy of it, which avoids
+# reinstalling torch; otherwise torch 2.14.1 is installed from the package index. Run from anywhere.
+set -euo pipefail
+VENV=${1:?usage: .ci/monailabel_check.sh VENV [SOURCE_VENV]}
+SOURCE_VENV=${2:-}
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+    if [ -n "$SOURCE_VENV" ]; then
+        echo "::: copying $SOURCE_VENV to $VENV"
+        cp -a "$SOURCE_VENV" "$VENV"
+    else
+        python3 -m venv "$VENV"
+    fi
+fi
+PY="$VENV/bin/python"   # always 'python -m pip': scripts of a copied venv point at the source venv
+if ! "$PY" -c "import monailabel, torchvision" 2>/dev/null; then
+    echo "::: installing monailabel 0.8.5, monai 1.6.1, torch 2.14.1, torchvision 0.29.1 into $VENV"
+    "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "monai==1.6.1" "monailabel==0.8.5"
+fi
+"$PY" -m pip install -q --no-deps -e "$REPO"
+"$PY" -m pip install -q "pytorch-ignite>=0.5" "nilearn>=0.10" "fire>=0.6" "huggingface_hub>=0.24" safetensors tqdm \
+    tensorboard matplotlib nibabel scipy
+"$PY" -c "import torch, monai, monailabel; print('torch', torch.__version__, 'monai', monai.__version__, 'monailabel', monailabel.__version__)"
+
+echo "::: MONAI Label BundleInferTask / BundleTrainTask on the demo bundle (CPU)"
+CUDA_VISIBLE_DEVICES="" "$PY" "$REPO/tests/integration/monailabel_check.py" --bundle "$REPO/bundles/medurwkv_mni152_tissue"

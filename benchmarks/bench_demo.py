@@ -1,0 +1,131 @@
+"""Demo bundle benchmark: MONAI's BasicUNet vs Med-URWKV, same recipe, same wall-clock budget, same run.
+
+Both networks are trained with the demo bundle's own train.json (data, transforms, AdamW + poly LR,
+Dice + CE, validation, best-checkpoint selection, test-slice report); only ``network_def`` differs.
+Training stops at ``max_epochs`` or after the last epoch that fits the budget (validated and
+checkpointed as usual; ignite's ``TimeLimit`` at twice the budget is a hard stop), then the best checkpoint
+is evaluated on the test slices. Speeds are reported as ratios to BasicUNet measured in the
+same process, so they compare on whatever machine this runs.
+
+    python benchmarks/bench_demo.py --budget_s 600 --out benchmarks/results
+
+writes ``demo_<time>.json`` and ``demo_<time>.md`` (a table) under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from ignite.handlers import TimeLimit
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "medurwkv_mni152_tissue"
+NETWORKS = {
+    "BasicUNet": {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": "@in_channels",
+                  "out_channels": "@out_channels"},
+    "MedURWKV-T": None,  # the bundle's own network_def
+}
+
+
+def train_one(name: str, network_def, budget_s: float, dataset_dir: str, work: Path, max_epochs: int | None,
+              extra: dict) -> dict:
+    from monai.bundle import ConfigWorkflow
+
+    overrides = {**extra, "bundle_root": str(BUNDLE), "dataset_dir": dataset_dir, "ckpt_dir": str(work / name / "models"),
+                 "output_dir": str(work / name / "eval")}
+    if network_def is not None:
+        overrides["network_def"] = network_def
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                        logging_file=str(BUNDLE / "configs" / "logging.conf"), **overrides)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    times: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: times.append(time.perf_counter()))
+    start = time.perf_counter()
+    epoch_ends = [start]
+
+    def stop_before_budget(engine):
+        """After validation: stop when another epoch like the last one would exceed the budget."""
+        now = time.perf_counter()
+        if now - start + (now - epoch_ends[-1]) > budget_s:
+            engine.terminate()
+        epoch_ends.append(now)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, stop_before_budget)  # after the bundle's ValidationHandler
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=int(2 * budget_s)))  # hard stop
+    wf.run()
+    wall = time.perf_counter() - start
+    test = wf.parser.get_parsed_content("test#evaluator").state.metrics
+    val = wf.parser.get_parsed_content("validate#evaluator").state
+    steps = [b - a for a, b in zip(times[1:], times[2:])]
+    net = wf.parser.get_parsed_content("network")
+    wf.finalize()
+    return {
+        "network": name,
+        "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
+        "iterations": trainer.state.iteration,
+        "epochs": trainer.state.epoch,
+        "wall_s": round(wall, 1),
+        "median_s_per_iteration": round(sorted(steps)[len(steps) // 2], 4) if steps else None,
+        "best_val_mean_dice": round(float(val.best_metric), 4) if val.best_metric != -1 else None,
+        "test": {k: round(float(v), 4) for k, v in test.items() if k.startswith("test_mean_dice")},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget_s", type=float, default=600.0, help="training wall-clock budget per network")
+    p.add_argument("--max_epochs", type=int, default=None, help="override the bundle's max_epochs")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--dataset_dir", default=None, help="demo data folder (prepared if needed)")
+    p.add_argument("--override", action="append", default=[], metavar="ID=JSON",
+                   help="extra config override for both networks, e.g. 'num_samples=2' (repeatable)")
+    args = p.parse_args()
+
+    from medurwkv_net.data import mni152
+
+    work = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    dataset_dir = args.dataset_dir or str(work / "data")
+    mni152.prepare(dataset_dir)
+    extra = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value  # e.g. a "$expression"
+    rows = [train_one(n, d, args.budget_s, dataset_dir, work, args.max_epochs, extra) for n, d in NETWORKS.items()]
+    base = rows[0]
+    for r in rows:
+        if base["median_s_per_iteration"] and r["median_s_per_iteration"]:
+            r["time_per_iteration_vs_BasicUNet"] = round(r["median_s_per_iteration"] / base["median_s_per_iteration"], 3)
+    info = {"budget_s": args.budget_s, "overrides": extra, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "machine": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "load_average_at_end": os.getloadavg(), "results": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"demo_{stamp}.json").write_text(json.dumps(info, indent=1))
+    lines = [f"Demo bundle, {info['device']}, budget {args.budget_s:.0f} s per network, torch {torch.__version__}, "
+             f"{info['threads']} threads, load average at end {info['load_average_at_end'][0]:.1f}", "",
+             "| network | params (M) | epochs | iterations | s/iter (x BasicUNet) | best val Dice | test Dice GM | test Dice WM | test mean |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["test"]
+        lines.append(f"| {r['network']} | {r['parameters_M']} | {r['epochs']} | {r['iterations']} | "
+                     f"{r['median_s_per_iteration']} ({r.get('time_per_iteration_vs_BasicUNet')}) | {r['best_val_mean_dice']} | "
+                     f"{t.get('test_mean_dice_grey_matter')} | {t.get('test_mean_dice_white_matter')} | {t.get('test_mean_dice')} |")
+    (out / f"demo_{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Readers of the public dataset releases, datalist building, and the transforms that turn the
+releases' masks into labels (:class:`LoadMaskd`) and images into the network's channels.
+
+CLI: ``python -m medurwkv_net prepare-data DATASET DATASET_DIR [--output datalist.json] [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .releases import (
+    DEFAULT_FRACTIONS,
+    RELEASES,
+    Release,
+    ReleaseSpec,
+    build_datalist,
+    check_pairs,
+    ensure_datalist,
+    get_release,
+    read_busi,
+    read_glas,
+    read_isic2017,
+    read_isic2018,
+    read_kvasir,
+    read_nkut,
+    read_release,
+    read_tdd,
+    seeded_split,
+    write_datalist,
+)
+from .transforms import EnsureChannels, EnsureChannelsd, LoadMask, LoadMaskd, binarize_mask
+
+__all__ = [
+    "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_pairs",
+    "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
+    "read_kvasir", "read_nkut", "read_release", "read_tdd", "seeded_split", "write_datalist",
+    "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "prepare_data_cli",
+    "prepare_datalist", "split_images",
+]
+
+
+def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
+                     fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
+                     mask_dir: str | None = None) -> str:
+    """Read the public release of ``dataset`` (one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut)
+    unpacked under ``dataset_dir`` and write its datalist (official or seeded train/validation/test split)
+    to ``output`` when missing or out of date; return the path. What the bundles' ``datalist_file``
+    calls, so that training prepares the data on first use. ``image_dir``/``mask_dir`` name other
+    sub-folders for the images/ + masks/ layouts (tdd, nkut). Mask and image sizes are checked before
+    anything is written."""
+    kwargs = {k: v for k, v in (("image_dir", image_dir), ("mask_dir", mask_dir)) if v is not None}
+    if kwargs and get_release(dataset).name not in ("tdd", "nkut"):
+        raise ValueError(f"image_dir/mask_dir apply to the images/ + masks/ layouts (tdd, nkut), not to '{dataset}'")
+    datalist = ensure_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
+    counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
+    logging.getLogger(__name__).info(
+        f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
+        f"{datalist['split']['seed']}): {counts} -> {Path(output).resolve()}"
+    )
+    return str(Path(output).resolve())
+
+
+def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0, split: str = "test",
+                 **kwargs) -> list[dict]:
+    """``[{"image": path}, ...]`` of one split (the test split is the default input of the bundles'
+    inference.json when no ``input_dir`` is given)."""
+    path = prepare_datalist(dataset, dataset_dir, output, seed=seed, **kwargs)
+    return [{"image": c["image"]} for c in json.loads(Path(path).read_text())[split]]
+
+
+def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
+                     fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
+                     mask_dir: str | None = None) -> str:
+    """Read the public release of DATASET (one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut)
+    unpacked under DATASET_DIR and write its datalist (official or seeded train/validation/test split)
+    to OUTPUT, printing the split sizes. ``image_dir``/``mask_dir`` name other sub-folders for the
+    images/ + masks/ layouts (tdd, nkut). Returns the path written."""
+    path = prepare_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
+                            mask_dir=mask_dir)
+    dl = json.loads(Path(path).read_text())
+    counts = ", ".join(f"{k}: {len(dl[k])}" for k in ("training", "validation", "test"))
+    print(f"{dl['name']} at '{dl['dataset_dir']}' ({dl['split']['method']} split, seed {dl['split']['seed']}): "
+          f"{counts} -> {path}")
+    return path

@@ -1,0 +1,464 @@
+"""The seven dataset bundles (``bundles/medurwkv_<dataset>/``), generated from the demo bundle.
+
+The demo bundle ``bundles/medurwkv_mni152_tissue`` is the template: every dataset bundle is that bundle
+with only the dataset's own ids changed (reader, classes, channels, input size, intensity and label
+conventions, the paper recipe's schedule) and its own metadata and model card. Keeping the facts here,
+once, and writing the bundles from them is what keeps the eight bundles from drifting apart::
+
+    python -m medurwkv_net.data.bundles            # rewrite bundles/medurwkv_<dataset>/ from the template
+    python -m medurwkv_net.data.bundles --check    # list files that differ (what the tests check)
+
+``evaluate.json``, ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from .releases import get_release
+
+__all__ = ["DATASETS", "render_bundle", "write_bundles"]
+
+COPIED = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
+
+DATASETS = {
+    "isic2017": dict(
+        short="ISIC 2017", cls="lesion", in_channels=3, data_type="jpg",
+        modality="dermoscopy (RGB photograph)",
+        task="Binary segmentation of skin lesions in dermoscopy images",
+        source="ISIC 2017 Challenge, Part 1: Lesion Segmentation - https://challenge.isic-archive.com/data/#2017 "
+               "(archives ISIC-2017_Training_Data.zip, ISIC-2017_Training_Part1_GroundTruth.zip and the Validation / Test_v2 twins)",
+        counts="2000 training, 150 validation, 600 test images",
+        split="official: Training / Validation / Test_v2 folders",
+        layout="""<dataset_dir>/
+  ISIC-2017_Training_Data/ISIC_0000000.jpg            (ISIC_*_superpixels.png and the metadata CSV are ignored)
+  ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png
+  ISIC-2017_Validation_Data/ ...  ISIC-2017_Validation_Part1_GroundTruth/ ...
+  ISIC-2017_Test_v2_Data/ ...     ISIC-2017_Test_v2_Part1_GroundTruth/ ...""",
+        masks="8-bit PNG, 0 = background, 255 = lesion (automatic threshold: > 127, or > 0 for 0/1 masks)",
+        licence="""The ISIC 2017 challenge data are distributed by the International Skin Imaging Collaboration
+(ISIC) under the terms stated on https://challenge.isic-archive.com/data/ and in the LICENSE.txt /
+ATTRIBUTION.txt files inside the archives. Read them before use; they govern any use of the images
+and masks, and of models trained on them.
+Cite: N. C. F. Codella et al., "Skin Lesion Analysis Toward Melanoma Detection: A Challenge at the
+2017 International Symposium on Biomedical Imaging (ISBI)", arXiv:1710.05006.""",
+        refs=["Codella et al., Skin Lesion Analysis Toward Melanoma Detection: A Challenge at ISBI 2017, arXiv:1710.05006"],
+        paper=None,
+    ),
+    "isic2018": dict(
+        short="ISIC 2018", cls="lesion", in_channels=3, data_type="jpg",
+        modality="dermoscopy (RGB photograph)",
+        task="Binary segmentation of skin lesions in dermoscopy images",
+        source="ISIC 2018 Challenge, Task 1: Lesion Boundary Segmentation - https://challenge.isic-archive.com/data/#2018 "
+               "(archives ISIC2018_Task1-2_Training_Input.zip, ISIC2018_Task1_Training_GroundTruth.zip and the Validation / Test twins)",
+        counts="2594 training, 100 validation, 1000 test images",
+        split="official: Training / Validation / Test folders (a missing Validation or Test pair is carved from Training with the seed and recorded in the datalist)",
+        layout="""<dataset_dir>/
+  ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg     (LICENSE.txt / ATTRIBUTION.txt are ignored)
+  ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
+  ISIC2018_Task1-2_Validation_Input/ ...  ISIC2018_Task1_Validation_GroundTruth/ ...
+  ISIC2018_Task1-2_Test_Input/ ...        ISIC2018_Task1_Test_GroundTruth/ ...""",
+        masks="8-bit PNG, 0 = background, 255 = lesion (automatic threshold: > 127, or > 0 for 0/1 masks)",
+        licence="""The ISIC 2018 challenge data are distributed by the International Skin Imaging Collaboration
+(ISIC) under the terms stated on https://challenge.isic-archive.com/data/ and in the LICENSE.txt /
+ATTRIBUTION.txt files inside the archives (the images come from the HAM10000 and MSK collections).
+Read them before use; they govern any use of the images and masks, and of models trained on them.
+Cite: N. Codella et al., "Skin Lesion Analysis Toward Melanoma Detection 2018: A Challenge Hosted by
+the International Skin Imaging Collaboration (ISIC)", arXiv:1902.03368; P. Tschandl et al., "The
+HAM10000 dataset", Sci. Data 5, 180161 (2018).""",
+        refs=["Codella et al., Skin Lesion Analysis Toward Melanoma Detection 2018, arXiv:1902.03368",
+              "Tschandl et al., The HAM10000 dataset, Scientific Data 5, 180161 (2018)"],
+        paper=None,
+    ),
+    "glas": dict(
+        short="GlaS", cls="gland", in_channels=3, data_type="bmp",
+        modality="H&E histology (RGB)",
+        task="Binary segmentation of glands in H&E-stained colon histology images",
+        source="MICCAI 2015 Gland Segmentation Challenge (Warwick-QU dataset) - https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
+        counts="165 images: 85 train, 60 testA, 20 testB",
+        split="official train / testA + testB (test, the datalist keeps the subset name per case); validation = a seeded 1/9 of train (recorded in the datalist)",
+        layout="""<dataset_dir>/
+  Warwick QU Dataset (Released 2016_07_08)/        (any folder name; it is found up to two levels down)
+    train_1.bmp  train_1_anno.bmp  ...  testA_1.bmp  testA_1_anno.bmp  ...  testB_1.bmp  testB_1_anno.bmp
+    Grade.csv                                       (ignored)""",
+        masks="BMP with gland instance ids (0 = background, 1..n = glands); foreground = id > 0 (label_threshold 0)",
+        licence="""The Warwick-QU / GlaS dataset is provided by the Tissue Image Analytics Centre, University of
+Warwick, for research purposes under the terms on
+https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/ . Read them before use.
+Cite: K. Sirinukunwattana et al., "Gland segmentation in colon histology images: The GlaS challenge
+contest", Medical Image Analysis 35 (2017) 489-502.""",
+        refs=["Sirinukunwattana et al., Gland segmentation in colon histology images: The GlaS challenge contest, Medical Image Analysis 35 (2017)"],
+        paper=None,
+    ),
+    "tdd": dict(
+        short="TDD", cls="teeth", in_channels=1, data_type="jpg",
+        modality="panoramic dental X-ray (grey scale)",
+        task="Binary segmentation of teeth in panoramic dental radiographs",
+        source="Tufts Dental Database - http://tdd.ece.tufts.edu/ (access on request)",
+        counts="1000 panoramic radiographs",
+        split="no official split: seeded 80/10/10 split (seed `split_seed`, recorded in the datalist)",
+        layout="""<dataset_dir>/
+  images/NAME.<png|jpg|jpeg|bmp>       (radiographs)
+  masks/NAME.<png|jpg|jpeg|bmp>        (teeth masks, same file stem)""",
+        layout_note="""The Tufts archive itself keeps radiographs in Radiographs/ and teeth masks in Segmentation/teeth_mask/;
+read it as it is by adding to every command
+  --image_subdir Radiographs --mask_subdir Segmentation/teeth_mask
+(prepare-data: --image_dir Radiographs --mask_dir Segmentation/teeth_mask), or link the two folders
+as images/ and masks/.""",
+        masks="8-bit PNG or JPEG, 0 = background, 255 = teeth (automatic threshold: > 127, or > 0 for 0/1 masks)",
+        licence="""The Tufts Dental Database is provided by Tufts University on request, under the user agreement
+presented on http://tdd.ece.tufts.edu/ (non-commercial research use). Read it before use.
+Cite: K. Panetta, R. Rajendran, A. Ramesh, S. Rao, S. Agaian, "Tufts Dental Database: A Multimodal
+Panoramic X-Ray Dataset for Benchmarking Diagnostic Systems", IEEE Journal of Biomedical and Health
+Informatics 26(4), 2022.""",
+        refs=["Panetta et al., Tufts Dental Database: A Multimodal Panoramic X-Ray Dataset for Benchmarking Diagnostic Systems, IEEE JBHI 26(4), 2022"],
+        paper=None,
+    ),
+    "busi": dict(
+        short="BUSI", cls="lesion", in_channels=3, data_type="png",
+        modality="breast ultrasound (grey scale, stored as PNG)",
+        task="Binary segmentation of breast lesions in ultrasound images",
+        source="Dataset of breast ultrasound images (BUSI), Al-Dhabyani et al. - https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+        counts="780 images: 437 benign, 210 malignant, 133 normal",
+        split="no official split: seeded 80/10/10 split stratified by class (benign / malignant / normal; seed `split_seed`, recorded in the datalist)",
+        layout="""<dataset_dir>/
+  Dataset_BUSI_with_GT/
+    benign/benign (1).png  benign (1)_mask.png  [benign (1)_mask_1.png ...]
+    malignant/ ...
+    normal/ ...                               (normal cases have empty masks)""",
+        masks="PNG, 0 = background, 255 = lesion; a case with several masks (NAME_mask.png, NAME_mask_1.png, ...) is labelled with their union",
+        licence="""BUSI was published by W. Al-Dhabyani, M. Gomaa, H. Khaled and A. Fahmy with the open-access article
+"Dataset of breast ultrasound images", Data in Brief 28 (2020) 104863; the images are distributed from
+https://scholar.cu.edu.eg/?q=afahmy/pages/dataset under the terms stated there and in the article.
+Read them before use and cite the article.""",
+        refs=["Al-Dhabyani et al., Dataset of breast ultrasound images, Data in Brief 28 (2020) 104863"],
+        paper="Med-URWKV paper, ablation on BUSI: Dice 77.98 % with the ImageNet-pretrained encoder, 51.17 % trained from scratch",
+    ),
+    "kvasir": dict(
+        short="Kvasir-SEG", cls="polyp", in_channels=3, data_type="jpg",
+        modality="colonoscopy (RGB photograph)",
+        task="Binary segmentation of polyps in colonoscopy images",
+        source="Kvasir-SEG, Simula - https://datasets.simula.no/kvasir-seg/ (archive kvasir-seg.zip)",
+        counts="1000 images",
+        split="no official split: seeded 80/10/10 split (seed `split_seed`, recorded in the datalist)",
+        layout="""<dataset_dir>/
+  Kvasir-SEG/images/NAME.jpg
+  Kvasir-SEG/masks/NAME.jpg          (same names)
+  Kvasir-SEG/kavsir_bboxes.json      (ignored)""",
+        masks="JPEG masks (compression noise around 0/255): foreground = any channel > 127",
+        licence="""Kvasir-SEG is provided by Simula Research Laboratory for research and educational purposes under
+the terms stated on https://datasets.simula.no/kvasir-seg/ . Read them before use.
+Cite: D. Jha et al., "Kvasir-SEG: A Segmented Polyp Dataset", MultiMedia Modeling (MMM) 2020,
+LNCS 11962, 451-462.""",
+        refs=["Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020"],
+        paper=None,
+    ),
+    "nkut": dict(
+        short="NKUT", cls="foreground", in_channels=3, data_type="png",
+        modality="2D image (RGB or grey scale)",
+        task="Binary segmentation on the NKUT dataset used by the Med-URWKV paper",
+        source="NKUT, as used by the Med-URWKV paper (arXiv:2506.10858); obtain it from the source the paper cites",
+        counts="see the source",
+        split="no official split known to us: seeded 80/10/10 split (seed `split_seed`, recorded in the datalist)",
+        layout="""<dataset_dir>/
+  images/NAME.<png|jpg|jpeg|bmp>
+  masks/NAME.<png|jpg|jpeg|bmp>        (same file stem)""",
+        layout_note="""Other folder names: add --image_subdir X --mask_subdir Y to every command
+(prepare-data: --image_dir X --mask_dir Y).""",
+        masks="8-bit PNG or JPEG, 0 = background, 255 (or 1) = foreground (automatic threshold)",
+        licence="""We could not verify the distribution terms of NKUT. Obtain the data from the source cited by the
+Med-URWKV paper (arXiv:2506.10858) and follow its licence; this file must be updated with it before
+trained weights are published.""",
+        refs=[],
+        paper=None,
+    ),
+}
+
+
+def _load(template: Path, name: str) -> dict:
+    return json.loads((template / "configs" / name).read_text())
+
+
+def _insert_after(cfg: dict, after: str, new: dict) -> dict:
+    """``cfg`` with the items of ``new`` right after key ``after`` (moved there if they existed)."""
+    out = {}
+    for k, v in cfg.items():
+        if k not in new:
+            out[k] = v
+        if k == after:
+            out.update(new)
+    return out
+
+
+def _swap_imports(imports: list[str]) -> list[str]:
+    out = []
+    for i in imports:
+        i = "$import medurwkv_net.data" if "mni152" in i else i
+        if i not in out:
+            out.append(i)
+    return out
+
+
+FOLDER_LAYOUT = ("tdd", "nkut")  # images/ + masks/ releases: the sub-folder names are config ids
+
+
+def _common_ids(name: str) -> dict:
+    ids = {
+        "dataset_name": name,
+        "dataset_dir": "$@bundle_root + '/data'",
+        "split_seed": 0,
+        "datalist_output": "$@bundle_root + '/datalist.json'",
+    }
+    if name in FOLDER_LAYOUT:
+        ids.update(image_subdir="images", mask_subdir="masks")
+    return ids
+
+
+def _reader_args(name: str) -> str:
+    return ", image_dir=@image_subdir, mask_dir=@mask_subdir" if name in FOLDER_LAYOUT else ""
+
+
+def _train_cfg(template: Path, name: str, d: dict) -> dict:
+    cfg = _load(template, "train.json")
+    cfg["imports"] = _swap_imports(cfg["imports"])
+    ids = _common_ids(name)
+    ids["datalist_file"] = f"$medurwkv_net.data.prepare_datalist(@dataset_name, @dataset_dir, @datalist_output, @split_seed{_reader_args(name)})"
+    cfg = _insert_after(cfg, "output_dir", ids)
+    cfg["class_names"] = ["background", d["cls"]]
+    cfg["in_channels"] = d["in_channels"]
+    cfg["out_channels"] = 2
+    cfg["spatial_size"] = [256, 256]
+    cfg["spatial_mode"] = "resize"
+    cfg["intensity"] = "imagenet"
+    cfg["label_mode"] = "mask"
+    cfg["label_threshold"] = get_release(name).label_threshold
+    cfg["pretrained"] = True
+    cfg["max_epochs"] = 100
+    cfg["batch_size"] = 8
+    cfg["learning_rate"] = 0.0001
+    for h in cfg["train"]["handlers"]:
+        if h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not class-index files
+            h["label_mode"] = "@label_mode"
+            h["label_threshold"] = "@label_threshold"
+    return cfg
+
+
+def _inference_cfg(template: Path, name: str, d: dict) -> dict:
+    cfg = _load(template, "inference.json")
+    cfg["imports"] = _swap_imports(cfg["imports"])
+    ids = _common_ids(name)
+    ids["input_dir"] = None
+    cfg = _insert_after(cfg, "output_dir", ids)
+    cfg["in_channels"] = d["in_channels"]
+    cfg["out_channels"] = 2
+    cfg["spatial_size"] = [256, 256]
+    cfg["spatial_mode"] = "resize"
+    cfg["intensity"] = "imagenet"
+    cfg["dataset"]["data"] = ("$medurwkv_net.bundle.list_images(@input_dir) if @input_dir else "
+                              f"medurwkv_net.data.split_images(@dataset_name, @dataset_dir, @datalist_output, @split_seed{_reader_args(name)})")
+    return cfg
+
+
+def _metadata(template: Path, name: str, d: dict) -> dict:
+    m = _load(template, "metadata.json")
+    m["changelog"] = {m["version"]: f"first release: Med-URWKV (VRWKV-T encoder, ImageNet-pretrained) for {d['short']}"}
+    m["required_packages_version"] = {k: v for k, v in m["required_packages_version"].items() if k != "nilearn"}
+    m["name"] = f"Med-URWKV {d['short']} segmentation"
+    m["task"] = d["task"]
+    m["description"] = (f"Pure-RWKV U-Net (Med-URWKV, Vision-RWKV tiny encoder pretrained on ImageNet-1K) for {d['task'][0].lower() + d['task'][1:]}; "
+                        f"reads the public {d['short']} release as it unpacks ({d['split']}).")
+    m["data_source"] = d["source"]
+    m["data_type"] = d["data_type"]
+    m["image_classes"] = (f"{'RGB' if d['in_channels'] == 3 else 'single channel'} {d['modality']} image, resized to 256x256, "
+                          "intensity /255 then ImageNet mean/std normalisation")
+    m["label_classes"] = f"0: background, 1: {d['cls']} ({d['masks']})"
+    m["pred_classes"] = f"0: background, 1: {d['cls']}"
+    m.pop("eval_metrics", None)
+    if name == "busi":
+        m["eval_metrics"] = {"mean_dice_paper_pretrained": 0.7798, "mean_dice_paper_scratch": 0.5117}
+    m["intended_use"] = "Research on medical image segmentation; not for clinical use"
+    m["references"] = [m["references"][0], m["references"][1]] + d["refs"]
+    inp = m["network_data_format"]["inputs"]["image"]
+    inp.update(modality=d["modality"], num_channels=d["in_channels"], spatial_shape=[256, 256], value_range=[],
+               is_patch_data=False,
+               channel_def={"0": "R", "1": "G", "2": "B"} if d["in_channels"] == 3 else {"0": "image"})
+    out = m["network_data_format"]["outputs"]["pred"]
+    out.update(num_channels=2, spatial_shape=[256, 256], is_patch_data=False,
+               channel_def={"0": "background", "1": d["cls"]})
+    return m
+
+
+README = """# Med-URWKV {short} segmentation bundle
+
+{task_sentence} with Med-URWKV, a pure-RWKV U-Net whose encoder is the ImageNet-1K pretrained
+Vision-RWKV tiny (VRWKV-T) backbone ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image
+Segmentation", arXiv:2506.10858). This is a MONAI bundle: `python -m monai.bundle run`, `monai.bundle
+download` and MONAI Label's monaibundle app use it as is.
+
+## Data
+
+- Source: {source}
+- Size: {counts}
+- Licence: see [data_license.txt](data_license.txt). The data are not part of this bundle; download them
+  from the source and accept its terms.
+- Labels: {masks}.
+
+### Preparation
+
+Unpack the archive(s) and pass the folder they were unpacked into as `dataset_dir` (the release folder
+itself, or a folder one or two levels above it, works too). Expected layout:
+
+```
+{layout}
+```
+{layout_note}
+Training prepares the data on first use: it reads the release, checks that every mask has the size of
+its image, and writes `datalist.json` in the bundle folder (rewritten only when the release, the seed or
+the split changed). Split: {split}. To prepare it by hand and see the split sizes:
+
+```
+python -m medurwkv_net prepare-data {name} <dataset_dir> --output datalist.json --seed 0
+```
+
+Errors name the folder and what was expected in it (e.g. an image without its mask, a mask whose size
+differs from its image).
+
+## Model and training recipe (paper recipe)
+
+- Network: `medurwkv_net.MedURWKV(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`,
+  about 14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo `OpenGVLab/Vision-RWKV`
+  (`pretrained: true`{chan_note}).
+- Input: {in_desc}, resized to **256x256** (`spatial_size`); intensities /255 then ImageNet mean/std.
+  Validation metrics are computed at 256x256; inference restores the original size.
+- Loss Dice + cross-entropy; AdamW (lr 1e-4, weight decay 0.01) with polynomial LR decay (power 0.9);
+  batch 8; 100 epochs; encoder frozen for the first 5 epochs (`EncoderFreezeHandler`), then trained.
+- `--pretrained False` trains from scratch (the paper's ablation; no encoder freezing).
+- Augmentation: random flips, 90-degree rotations, intensity scale/shift (`medurwkv_net.bundle.train_transforms`).
+
+The pretrained encoder is downloaded from the Hugging Face Hub on first use; without network access and
+without a cached copy, training stops before it starts with an error naming the file, the cache folder
+and how to point at a local copy.
+
+## Commands (from this folder)
+
+```
+# train (prepares the data on first use); writes models/model.pt, TensorBoard logs and curves to eval/
+python -m monai.bundle run training --config_file configs/train.json --dataset_dir <dataset_dir>
+python -m monai.bundle run --config_file configs/train.json --dataset_dir <dataset_dir>          # same
+# from scratch (paper ablation)
+python -m monai.bundle run training --config_file configs/train.json --dataset_dir <dataset_dir> --pretrained False
+# evaluate models/model.pt on the test split: per-case Dice, IoU and HD95 CSVs + summaries in eval/
+python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir <dataset_dir>
+# inference: masks (PNG, 0/255, original size) in eval/predictions/ for a folder of images,
+# or for the test split when --input_dir is not given
+python -m monai.bundle run --config_file configs/inference.json --input_dir <folder of images>
+# multi-GPU (DDP)
+torchrun --nproc_per_node=2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir <dataset_dir>
+# checks
+python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json
+```
+
+Useful overrides: `--split_seed N` (seeded splits), `--spatial_size "[320,320]"`, `--max_epochs`,
+`--batch_size`, `--device "\\$torch.device('cpu')"`.
+
+## Expected metrics
+
+{expected}
+
+## Outputs
+
+- `models/model.pt`: state dict of the best validation epoch (mean Dice), what MONAI Label loads.
+- `eval/`: TensorBoard logs, `curves.png`, `test_predictions.png` (first test cases: image, ground
+  truth, prediction); after evaluation `*_raw.csv` (per case) and `*_summary.csv` for Dice, IoU, HD95.
+- `eval/predictions/NAME_seg.png`: inference masks.
+
+## Licence
+
+Code and weights of this bundle: Apache-2.0 (see [LICENSE](../LICENSE)). The data keep their own
+terms ([data_license.txt](data_license.txt)); weights trained on them may be bound by those terms.
+"""
+
+
+def _readme(name, d):
+    expected = ("Not yet measured by this project on the full release (the build machines have no access to "
+                "the data). ")
+    if d["paper"]:
+        expected += d["paper"] + "."
+    else:
+        expected += "The Med-URWKV paper reports Dice and IoU for this dataset (arXiv:2506.10858); compare with its table."
+    expected += " Evaluation writes the numbers to compare in `eval/`."
+    return README.format(
+        short=d["short"], task_sentence=d["task"], source=d["source"], counts=d["counts"], masks=d["masks"],
+        layout=d["layout"], split=d["split"],
+        layout_note=("\n" + d["layout_note"] + "\n") if d.get("layout_note") else "", name=name, in_channels=d["in_channels"],
+        chan_note=", RGB patch embedding summed over colours for 1 channel" if d["in_channels"] == 1 else "",
+        in_desc=("grey-scale radiograph (1 channel; colour files are converted to luminance)" if d["in_channels"] == 1
+                 else "RGB (3 channels; grey-scale files are repeated to 3 channels, alpha dropped)"),
+        expected=expected,
+    )
+
+
+_SHORT_LIST = re.compile(r'\[\s*((?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false)(?:,\s*(?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false))*)\s*\]')
+
+
+def _json(obj) -> str:
+    """indent 4, short lists of scalars on one line (as the template is written)"""
+    text = json.dumps(obj, indent=4)
+    text = _SHORT_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    assert json.loads(text) == obj
+    return text + "\n"
+
+
+def render_bundle(name: str, template: str | Path) -> dict[str, str]:
+    """Relative path -> text of every file of the ``name`` bundle, from the template bundle folder."""
+    template = Path(template)
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset bundle '{name}'; known: {', '.join(DATASETS)}")
+    if not (template / "configs" / "train.json").is_file():
+        raise FileNotFoundError(f"template bundle '{template}' has no configs/train.json")
+    d = DATASETS[name]
+    files = {
+        "configs/train.json": _json(_train_cfg(template, name, d)),
+        "configs/inference.json": _json(_inference_cfg(template, name, d)),
+        "configs/metadata.json": _json(_metadata(template, name, d)),
+        "docs/README.md": _readme(name, d),
+        "docs/data_license.txt": f"Third-party data licence: {d['short']}\n\n{d['licence']}\n",
+    }
+    for rel in COPIED:
+        files[rel] = (template / rel).read_text()
+    return files
+
+
+def _default_bundles_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "bundles"
+
+
+def write_bundles(bundles_dir: str | Path | None = None, template: str = "medurwkv_mni152_tissue",
+                  names=None, check: bool = False) -> list[str]:
+    """Write (or with ``check=True`` only compare) the dataset bundles under ``bundles_dir`` (default: the
+    repository's ``bundles/``) from the template bundle ``bundles_dir/template``. Returns the paths that
+    were written, or that differ."""
+    root = Path(bundles_dir) if bundles_dir is not None else _default_bundles_dir()
+    changed = []
+    for name in names or DATASETS:
+        out = root / f"medurwkv_{name}"
+        for rel, text in render_bundle(name, root / template).items():
+            path = out / rel
+            if path.is_file() and path.read_text() == text:
+                continue
+            changed.append(str(path))
+            if not check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    return changed
+
+
+if __name__ == "__main__":
+    check = "--check" in sys.argv[1:]
+    paths = write_bundles(check=check)
+    print("\n".join(paths) if paths else "all dataset bundles are up to date")
+    sys.exit(1 if check and paths else 0)

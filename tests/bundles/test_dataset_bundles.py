@@ -1,0 +1,190 @@
+"""The seven dataset bundles, end to end on tiny synthetic releases in the exact public layouts:
+training for one epoch through ``python -m monai.bundle run training`` (a subprocess, as users run it),
+then evaluation and inference through ``monai.bundle.run`` -- the function that command calls -- in
+this process, which saves two interpreter starts (MONAI's import alone takes seconds) per bundle."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = ["isic2017", "isic2018", "glas", "tdd", "busi", "kvasir", "nkut"]
+CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf"]
+
+
+def _synthetic():
+    """tests/data/synthetic_releases.py, imported by path (tests/ is not a package)."""
+    if "synthetic_releases" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("synthetic_releases", REPO / "tests" / "data" / "synthetic_releases.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["synthetic_releases"]
+
+
+# the smallest releases that still give every split a case (BUSI: one per class and split, incl. the
+# two-mask case; GlaS: testA and testB)
+SMALL = {
+    "isic2017": {"counts": {"Training": 3, "Validation": 1, "Test_v2": 1}},
+    "isic2018": {"counts": {"Training": 3, "Validation": 1, "Test": 1}},
+    "glas": {"counts": {"train": 4, "testA": 1, "testB": 1}},
+    "tdd": {"n": 5},
+    "busi": {"per_class": 3},
+    "kvasir": {"n": 5},
+    "nkut": {"n": 5},
+}
+
+# small overrides that keep each run to seconds on a CPU (no Hub access in tests: pretrained False)
+FAST = {"pretrained": False, "max_epochs": 1, "spatial_size": [32, 32], "batch_size": 4, "num_overlay_cases": 1,
+        "device": "$torch.device('cpu')"}
+
+
+def _cli(bundle: Path, *args: str, **overrides) -> subprocess.CompletedProcess:
+    # spelled as users type them: --pretrained False, --spatial_size [32,32]
+    flags = [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args, *flags], cwd=bundle,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(args)}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
+    return r
+
+
+def _inproc(bundle: Path, config_file, **overrides) -> None:
+    from monai.bundle import run
+
+    cwd = os.getcwd()
+    os.chdir(bundle)
+    try:
+        run(config_file=config_file, logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_bundle_file_set_and_metadata(dataset):
+    b = REPO / "bundles" / f"medurwkv_{dataset}"
+    for f in ["LICENSE", "docs/README.md", "docs/data_license.txt"] + [f"configs/{c}" for c in CONFIG_FILES]:
+        assert (b / f).is_file(), f"{b / f} missing"
+    meta = json.loads((b / "configs/metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+        assert meta.get(key), f"{dataset}: metadata.json lacks {key}"
+    assert meta["version"] in meta["changelog"]
+    train = json.loads((b / "configs/train.json").read_text())
+    inp = meta["network_data_format"]["inputs"]["image"]
+    out = meta["network_data_format"]["outputs"]["pred"]
+    assert inp["num_channels"] == train["in_channels"] == len(inp["channel_def"])
+    assert out["num_channels"] == train["out_channels"] == len(out["channel_def"]) == len(train["class_names"])
+    assert train["dataset_name"] == dataset and train["pretrained"] is True and train["spatial_mode"] == "resize"
+    from medurwkv_net.data import get_release
+
+    assert train["label_threshold"] == get_release(dataset).label_threshold
+    readme = (b / "docs/README.md").read_text()
+    assert f"prepare-data {dataset}" in readme and "--pretrained False" in readme and "256x256" in readme
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
+    rel = _synthetic().make_release(dataset, tmp_path / "unpacked", **SMALL[dataset])
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundles" / f"medurwkv_{dataset}", bundle,
+                    ignore=shutil.ignore_patterns("models", "eval", "datalist.json"))
+    common = {"bundle_root": str(bundle), "dataset_dir": str(rel.dataset_dir), **FAST}
+    image_folder = rel.release_root / "images"
+    if dataset == "tdd":  # the Tufts archive's own folders, named through the bundle's overrides
+        (rel.release_root / "Segmentation").mkdir()
+        (rel.release_root / "images").rename(rel.release_root / "Radiographs")
+        (rel.release_root / "masks").rename(rel.release_root / "Segmentation" / "teeth_mask")
+        image_folder = rel.release_root / "Radiographs"
+        common.update(image_subdir="Radiographs", mask_subdir="Segmentation/teeth_mask")
+
+    _cli(bundle, "training", "--config_file", "configs/train.json", **common)
+    assert (bundle / "models" / "model.pt").is_file()
+    datalist = json.loads((bundle / "datalist.json").read_text())
+    assert datalist["dataset"] == dataset
+    assert sorted(c["case"] for k in ("training", "validation", "test") for c in datalist[k]) == sorted(rel.masks)
+
+    _inproc(bundle, ["configs/train.json", "configs/evaluate.json"], **common)
+    test_images = sorted(c["image"] for c in datalist["test"])
+    for metric in ("test_mean_dice", "test_mean_iou", "test_hd95"):
+        raw = bundle / "eval" / f"{metric}_raw.csv"
+        with open(raw) as f:
+            rows = list(csv.reader(f))
+        assert len(rows) == 1 + len(test_images), raw.read_text()  # header + one row per test case
+        assert sorted(r[0] for r in rows[1:]) == test_images
+        assert (bundle / "eval" / f"{metric}_summary.csv").is_file()
+        values = [float(r[1]) for r in rows[1:]]
+        if metric != "test_hd95":
+            assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), values
+
+    # inference on the test split (default) writes a PNG mask per image, at the image's original size
+    _inproc(bundle, "configs/inference.json", **common)
+    _check_predictions(bundle / "eval" / "predictions", test_images)
+    if dataset == "tdd":  # a folder of images (grey .JPG) instead of the test split
+        _inproc(bundle, "configs/inference.json", input_dir=str(image_folder), output_dir=str(tmp_path / "pred"),
+                **common)
+        _check_predictions(tmp_path / "pred", sorted(str(p) for p in image_folder.iterdir()))
+
+
+def _check_predictions(out_dir: Path, images) -> None:
+    for image in images:
+        out = out_dir / f"{Path(image).stem}_seg.png"
+        assert out.is_file(), f"{out} missing; have {sorted(os.listdir(out_dir))}"
+        with Image.open(out) as m, Image.open(image) as im:
+            assert m.size == im.size  # original size restored
+            assert set(np.unique(np.asarray(m)).tolist()) <= {0, 255}
+
+
+@pytest.mark.parametrize("dataset", ["tdd", "kvasir"])  # 1 and 3 input channels; the others match kvasir's network
+def test_verify_net_in_out(dataset):
+    from monai.bundle import verify_net_in_out
+
+    b = REPO / "bundles" / f"medurwkv_{dataset}"
+    cwd = os.getcwd()
+    os.chdir(b)
+    try:  # builds network_def from inference.json and runs it on the metadata's input shape (256x256)
+        verify_net_in_out(net_id="network_def", meta_file="configs/metadata.json", config_file="configs/inference.json",
+                          device="cpu", n=1, any=1)
+    finally:
+        os.chdir(cwd)
+
+
+def test_default_paper_recipe_loads_hub_encoder_and_keeps_it_frozen(tmp_path, reference_dir, hf_offline_cache):
+    """Default config (pretrained: true, encoder frozen for 5 epochs): the VRWKV-T checkpoint comes from
+    the Hub cache (the official file layout, random weights), and after one epoch of AdamW the saved
+    model still holds exactly those encoder weights (any update would change them)."""
+    import torch
+
+    ckpt = reference_dir / "vrwkv_t_ckpt.pth"
+    hf_offline_cache("OpenGVLab/Vision-RWKV", {"vrwkv_t_in1k_224.pth": ckpt})
+    rel = _synthetic().make_release("isic2018", tmp_path / "unpacked", **SMALL["isic2018"])
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundles" / "medurwkv_isic2018", bundle)
+    overrides = {k: v for k, v in FAST.items() if k != "pretrained"}
+    _inproc(bundle, "configs/train.json", bundle_root=str(bundle), dataset_dir=str(rel.dataset_dir), **overrides)
+
+    saved = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    reference = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    backbone = {k[len("backbone."):]: v for k, v in reference.items() if k.startswith("backbone.")}
+    assert backbone and all(f"encoder.{k}" in saved for k in backbone)
+    for k, v in backbone.items():
+        torch.testing.assert_close(saved[f"encoder.{k}"], v, rtol=0, atol=0, msg=k)
+
+
+def test_bundles_are_the_template_plus_dataset_facts():
+    """The committed dataset bundles are exactly what medurwkv_net.data.bundles writes from the demo bundle
+    (the template) and the dataset facts: a template change must be carried into all seven."""
+    from medurwkv_net.data.bundles import write_bundles
+
+    stale = write_bundles(REPO / "bundles", check=True)
+    assert not stale, "regenerate with `python -m medurwkv_net.data.bundles`; stale: " + ", ".join(stale)

@@ -1,0 +1,232 @@
+"""Release readers and datalists on synthetic trees laid out exactly like the public archives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_releases import MAKERS, make_release  # noqa: E402
+
+from medurwkv_net.bundle.transforms import eval_transforms  # noqa: E402
+from medurwkv_net.data import (  # noqa: E402
+    build_datalist,
+    check_pairs,
+    ensure_datalist,
+    get_release,
+    prepare_data_cli,
+    seeded_split,
+)
+
+DATASETS = sorted(MAKERS)
+
+
+def _all_cases(dl):
+    return [c for k in ("training", "validation", "test") for c in dl[k]]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_datalist_covers_release_once(tmp_path, dataset):
+    rel = make_release(dataset, tmp_path / "unpacked")
+    dl = build_datalist(dataset, rel.dataset_dir, seed=3)
+    cases = _all_cases(dl)
+    ids = [c["case"] for c in cases]
+    assert sorted(ids) == sorted(rel.masks), "every case exactly once"
+    assert len(set(ids)) == len(ids)
+    assert all(dl[k] for k in ("training", "validation", "test")), {k: len(dl[k]) for k in ("training", "validation", "test")}
+    assert Path(dl["dataset_dir"]) == rel.release_root.resolve()
+    for c in cases:
+        assert Path(c["image"]).is_file()
+        labels = c["label"] if isinstance(c["label"], list) else [c["label"]]
+        assert all(Path(p).is_file() for p in labels)
+        assert Path(c["image"]).resolve() not in {Path(p).resolve() for p in labels}
+    assert dl["numTraining"] == len(dl["training"])
+    json.dumps(dl)  # serialisable as is
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_labels_through_bundle_chain_match_ground_truth(tmp_path, dataset):
+    """The datalist + the bundles' shared chain (release label_threshold) give exactly the foreground."""
+    rel = make_release(dataset, tmp_path / "unpacked")
+    dl = build_datalist(dataset, rel.dataset_dir)
+    check_pairs(dl)
+    chain = eval_transforms(in_channels=3, spatial_size=(32, 32), spatial_mode="crop", intensity="imagenet",
+                            label_mode="mask", label_threshold=get_release(dataset).label_threshold)
+    for c in _all_cases(dl):
+        out = chain(dict(c))
+        lab, img = out["label"], out["image"]
+        expected = rel.masks[c["case"]].T  # MONAI's PIL reader gives (W, H)
+        assert tuple(lab.shape) == (1, *expected.shape) and tuple(img.shape) == (3, *expected.shape)
+        assert set(np.unique(lab.numpy())) <= {0.0, 1.0}
+        got = lab[0].numpy().astype(bool)
+        if rel.lossy:  # JPEG masks: thresholding must recover the shape up to compression noise
+            union = (got | expected).sum()
+            assert union == 0 or (got & expected).sum() / union > 0.95
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=c["case"])
+
+
+def test_official_isic_splits_and_superpixels_ignored(tmp_path):
+    for dataset in ("isic2017", "isic2018"):
+        rel = make_release(dataset, tmp_path / dataset)
+        dl = build_datalist(dataset, rel.dataset_dir)
+        assert dl["split"]["method"] == "official"
+        assert [len(dl[k]) for k in ("training", "validation", "test")] == [4, 2, 2]
+        assert {c["subset"] for c in dl["test"]} == {"Test_v2" if dataset == "isic2017" else "Test"}
+        assert not any("superpixels" in c["image"] or "superpixels" in c["label"] for c in _all_cases(dl))
+        assert all(c["label"].endswith(c["case"] + "_segmentation.png") for c in _all_cases(dl))
+
+
+def test_isic_without_validation_twin_carves_it_with_seed(tmp_path):
+    rel = make_release("isic2018", tmp_path, counts={"Training": 10, "Test": 2})
+    dl = build_datalist("isic2018", rel.dataset_dir, seed=0)
+    assert dl["split"]["method"] == "official+seeded"
+    assert dl["split"]["seeded_from_training"] == ["validation"]
+    assert len(dl["test"]) == 2 and {c["subset"] for c in dl["test"]} == {"Test"}
+    assert len(dl["validation"]) >= 1 and {c["subset"] for c in dl["validation"]} == {"Training"}
+    assert len(dl["training"]) + len(dl["validation"]) == 10
+
+
+def test_glas_official_test_sets_and_seeded_validation(tmp_path):
+    rel = make_release("glas", tmp_path)
+    dl = build_datalist("glas", rel.dataset_dir)
+    assert dl["label_threshold"] == 0  # instance ids: any id > 0 is gland
+    assert {c["subset"] for c in dl["test"]} == {"testA", "testB"} and len(dl["test"]) == 4
+    assert {c["subset"] for c in dl["training"] + dl["validation"]} == {"train"}
+    assert dl["split"]["seeded_from_training"] == ["validation"]
+
+
+def test_busi_union_of_masks_and_stratified_split(tmp_path):
+    rel = make_release("busi", tmp_path)
+    dl = build_datalist("busi", rel.dataset_dir)
+    by_case = {c["case"]: c for c in _all_cases(dl)}
+    two = by_case["benign/benign (1)"]["label"]
+    assert [Path(p).name for p in two] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
+    assert all(len(c["label"]) == 1 for k, c in by_case.items() if k != "benign/benign (1)")
+    for key in ("training", "validation", "test"):  # every class in every split
+        assert {c["subset"] for c in dl[key]} == {"benign", "malignant", "normal"}
+    assert dl["split"] == {"seed": 0, "method": "seeded", "fractions": [0.8, 0.1, 0.1], "stratified_by": "subset"}
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 3, 3]
+
+
+@pytest.mark.parametrize("dataset", ["kvasir", "busi", "glas", "isic2018"])
+def test_inner_folder_and_wrapper_folder_work(tmp_path, dataset):
+    rel = make_release(dataset, tmp_path / "outer" / "unpacked")
+    expected = build_datalist(dataset, rel.dataset_dir)
+    inner = rel.release_root
+    if dataset == "isic2018":
+        inner = rel.release_root / "ISIC2018_Task1-2_Training_Input"
+    if dataset == "busi":
+        inner = rel.release_root / "benign"
+    for d in (inner, tmp_path / "outer"):
+        assert build_datalist(dataset, d) == expected, d
+
+
+def test_seeded_split_reproducible_and_seed_dependent(tmp_path):
+    rel = make_release("kvasir", tmp_path, n=20)
+    a = build_datalist("kvasir", rel.dataset_dir, seed=0)
+    assert a == build_datalist("kvasir", rel.dataset_dir, seed=0)
+    b = build_datalist("kvasir", rel.dataset_dir, seed=1)
+    assert [c["case"] for c in a["test"]] != [c["case"] for c in b["test"]]
+    assert a["split"] == {"seed": 0, "method": "seeded", "fractions": [0.8, 0.1, 0.1], "stratified_by": "subset"}
+    assert [len(a[k]) for k in ("training", "validation", "test")] == [16, 2, 2]
+
+
+def test_seeded_split_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="summing to 1"):
+        seeded_split([{"case": "a"}], fractions=(0.5, 0.1, 0.1))
+
+
+def test_errors_name_what_was_expected_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_datalist("kvasir", tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no recognisable kvasir release: expected the folders 'images/'.*readme\.txt"):
+        build_datalist("kvasir", tmp_path / "empty")
+    with pytest.raises(ValueError, match="ISIC2018_Task1-2_Training_Input"):
+        build_datalist("isic2018", tmp_path / "empty")
+    with pytest.raises(KeyError, match="unknown dataset 'foo'; known: isic2017"):
+        build_datalist("foo", tmp_path)
+
+
+def test_missing_mask_and_orphan_mask_are_named(tmp_path):
+    rel = make_release("kvasir", tmp_path / "a", n=4)
+    victim = sorted((rel.release_root / "masks").iterdir())[1]
+    victim.unlink()
+    with pytest.raises(ValueError, match=rf"'{victim.stem}\.jpg' needs '{victim.stem}\.<png"):
+        build_datalist("kvasir", rel.dataset_dir)
+    rel = make_release("busi", tmp_path / "b")
+    os.remove(rel.release_root / "malignant" / "malignant (2).png")
+    with pytest.raises(ValueError, match=r"mask '.*malignant \(2\)_mask\.png' has no image"):
+        build_datalist("busi", rel.dataset_dir)
+
+
+def test_two_releases_side_by_side_is_ambiguous(tmp_path):
+    make_release("kvasir", tmp_path / "x", n=3)
+    make_release("kvasir", tmp_path / "y", n=3)
+    with pytest.raises(ValueError, match="several kvasir releases"):
+        build_datalist("kvasir", tmp_path)
+
+
+def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
+    rel = make_release("nkut", tmp_path / "n", n=4)
+    Image.new("L", (10, 12)).save(rel.release_root / "masks" / "2.png")
+    dl = build_datalist("nkut", rel.dataset_dir)
+    with pytest.raises(ValueError, match=r"case '2': mask '.*2\.png' is 10x12 \(WxH\) but image .* is 37x45"):
+        check_pairs(dl)
+    with pytest.raises(ValueError, match="case '2'"):  # ensure_datalist checks before writing
+        ensure_datalist("nkut", rel.dataset_dir, tmp_path / "dl.json")
+    assert not (tmp_path / "dl.json").exists()
+    rel = make_release("busi", tmp_path / "b")
+    Image.new("L", (5, 5)).save(rel.release_root / "benign" / "benign (1)_mask_1.png")
+    with pytest.raises(ValueError, match=r"case 'benign/benign \(1\)': mask '.*_mask_1\.png' is 5x5"):
+        check_pairs(build_datalist("busi", rel.dataset_dir))
+
+
+def test_tdd_custom_subfolders(tmp_path):
+    rel = make_release("tdd", tmp_path / "t", n=5)
+    root = tmp_path / "tufts"
+    (root / "Segmentation").mkdir(parents=True)
+    shutil.move(str(rel.release_root / "images"), str(root / "Radiographs"))
+    shutil.move(str(rel.release_root / "masks"), str(root / "Segmentation" / "teeth_mask"))
+    dl = build_datalist("tdd", root, image_dir="Radiographs", mask_dir="Segmentation/teeth_mask")
+    assert len(_all_cases(dl)) == 5
+    with pytest.raises(ValueError, match="expected the folders 'images/'"):
+        build_datalist("tdd", root)
+
+
+def test_ensure_datalist_is_idempotent_and_follows_dataset_dir(tmp_path):
+    rel = make_release("nkut", tmp_path / "r1", n=6)
+    out = tmp_path / "dl.json"
+    first = ensure_datalist("nkut", rel.dataset_dir, out, seed=0)
+    stamp = out.stat().st_mtime_ns
+    assert ensure_datalist("nkut", rel.dataset_dir, out, seed=0) == first
+    assert out.stat().st_mtime_ns == stamp  # untouched
+    rel2 = make_release("nkut", tmp_path / "r2", n=6)
+    second = ensure_datalist("nkut", rel2.dataset_dir, out, seed=0)
+    assert second["dataset_dir"] == str(rel2.release_root.resolve())
+    assert json.loads(out.read_text()) == second
+
+
+def test_prepare_data_cli_function_and_command(tmp_path, capsys):
+    rel = make_release("glas", tmp_path / "g")
+    out = prepare_data_cli("glas", str(rel.dataset_dir), output=str(tmp_path / "o" / "datalist.json"), seed=2)
+    dl = json.loads(Path(out).read_text())
+    assert dl["dataset"] == "glas" and dl["split"]["seed"] == 2
+    assert "training: " in capsys.readouterr().out
+    with pytest.raises(ValueError, match="image_dir/mask_dir apply to"):
+        prepare_data_cli("glas", str(rel.dataset_dir), output=str(tmp_path / "x.json"), image_dir="a")
+    cli_out = tmp_path / "cli.json"
+    r = subprocess.run([sys.executable, "-m", "medurwkv_net", "prepare-data", "glas", str(rel.dataset_dir),
+                        "--output", str(cli_out), "--seed", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cli_out.read_text()) == dl

@@ -1,0 +1,94 @@
+"""MONAI Label serves and trains the demo bundle (run by .ci/monailabel_check.sh, in a venv with monailabel).
+
+What a MONAI Label "monaibundle" app does with a bundle in its model folder, driven through monailabel's own
+classes on CPU:
+
+1. a LocalDatastore holding two demo slices with final labels (the app's studies folder);
+2. ``BundleTrainTask`` trains the bundle for one epoch on that datastore (it overrides
+   ``train#dataset#data`` / ``validate#dataset#data`` / ``train#trainer#max_epochs`` / ``device`` and skips
+   ``initialize``), and the best model lands in ``models/model.pt``;
+3. ``BundleInferTask`` reads inference.json + metadata.json, loads ``models/model.pt`` and segments a slice;
+   the label it returns has the input's shape and only the classes of ``channel_def``.
+
+``_update_overrides`` (MONAI Label's hook for derived tasks) only shrinks the crops and the end-of-training
+test report so that the check runs in a few CPU minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="bundle folder (bundles/medurwkv_mni152_tissue)")
+    parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args()
+
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.tasks.infer.bundle import BundleInferTask
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    from medurwkv_net.data import mni152
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="monailabel_check_"))
+    name = Path(args.bundle).name
+    model_dir = work / "app" / "model" / name  # the monaibundle app's model folder
+    shutil.copytree(args.bundle, model_dir, ignore=shutil.ignore_patterns("models", "eval", "data", "runs"))
+
+    # the datastore: two training slices with final labels, in MONAI Label's local layout
+    data_dir = model_dir / "data"  # where the bundle prepares its own data on first use
+    datalist = json.loads(Path(mni152.prepare(data_dir)).read_text())
+    studies = work / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for item in datalist["training"][::30][:2]:
+        shutil.copy(data_dir / item["image"], studies)
+        shutil.copy(data_dir / item["label"], studies / "labels" / "final")
+    datastore = LocalDatastore(str(studies), extensions=("*.nii.gz",), auto_reload=False)
+    assert len(datastore.datalist()) == 2, datastore.datalist()
+
+    class SmallBundleTrainTask(BundleTrainTask):
+        def _update_overrides(self, overrides):
+            overrides.update({
+                "spatial_size": [64, 64],
+                "num_samples": 1,
+                "batch_size": 1,
+                "validate#inferer#overlap": 0.0,
+                "test#dataset#data": f"$monai.data.load_decathlon_datalist(@datalist_file, True, 'test')[:1]",
+            })
+            return overrides
+
+    trainer = SmallBundleTrainTask(str(model_dir), conf={})
+    assert trainer.is_valid(), "BundleTrainTask rejected the bundle"
+    # "pretrained" is MONAI Label's "start from models/model.pt if present" (there is none yet); with False
+    # monailabel 0.8.5 calls os.path.exists(None)
+    trainer({"model": name, "max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False,
+             "pretrained": True}, datastore)
+    model_file = model_dir / "models" / "model.pt"
+    assert model_file.is_file(), f"training did not write {model_file}"
+    print(f"BundleTrainTask: trained 1 epoch, wrote {model_file}")
+
+    infer = BundleInferTask(str(model_dir), conf={})
+    assert infer.is_valid(), "BundleInferTask rejected the bundle"
+    assert infer.labels == {"grey_matter": 1, "white_matter": 2}, infer.labels
+    assert infer.dimension == 2, infer.dimension
+    image = data_dir / datalist["test"][0]["image"]
+    label_file, result = infer({"image": str(image), "device": "cpu"})
+    pred = np.asarray(nib.load(label_file).dataobj)
+    src = nib.load(image)
+    assert pred.squeeze().shape == src.shape, (pred.shape, src.shape)
+    assert set(np.unique(pred).tolist()) <= {0, 1, 2}, np.unique(pred)
+    print(f"BundleInferTask: {image.name} -> {label_file} shape {pred.shape} classes {sorted(np.unique(pred).tolist())}")
+    print("MONAI Label check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
