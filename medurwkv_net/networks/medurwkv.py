@@ -258,22 +258,12 @@ class MedURWKV(nn.Module):
                     f"MedURWKV input of shape {tuple(x.shape)} contains {n_nan} NaN and {n_inf} Inf values."
                 )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``[B, in_channels, H, W]``, any H, W >= 1.
-
-        Returns:
-            logits ``[B, out_channels, H, W]``.
-        """
-        x = _plain_tensor(x)
-        self._check_input(x)
-        h, w = int(x.shape[2]), int(x.shape[3])
-        ph, pw = (32 - h % 32) % 32, (32 - w % 32) % 32
-        if ph or pw:
-            x = F.pad(x, [0, pw, 0, ph])
+    def _segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, out_channels, *grid]`` for an input already padded to the network's multiple;
+        shared by the 2D and 3D models, whose grids have 2 or 3 entries."""
         b = x.shape[0]
         feats, g16 = self.encoder.forward_tokens(x)
-        s4, g4 = self.to_s4(feats[0], g16)
+        s4, _ = self.to_s4(feats[0], g16)
         s8, _ = self.to_s8(feats[1], g16)
         s16 = self.to_s16(feats[2])
         y, g = self.to_s32(feats[3], g16)
@@ -291,8 +281,24 @@ class MedURWKV(nn.Module):
             y = self.fuse4([y, s4])
         y = self.dec_norm(self._blocks(self.dec4, y, g))
         y, g = self.final_expand(y, g)
-        y = y.reshape(b, g[0], g[1], -1)
+        y = y.reshape([b] + g + [-1])
+        n = len(g)  # explicit permutations: ONNX export rejects the negative axes of movedim
         if self.input_skip:
-            y = torch.cat([y, x.permute(0, 2, 3, 1).to(y.dtype)], dim=-1)
-        y = self.out(self.refine(y)).permute(0, 3, 1, 2)
+            y = torch.cat([y, x.permute([0] + list(range(2, n + 2)) + [1]).to(y.dtype)], dim=-1)
+        return self.out(self.refine(y)).permute([0, n + 1] + list(range(1, n + 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``[B, in_channels, H, W]``, any H, W >= 1.
+
+        Returns:
+            logits ``[B, out_channels, H, W]``.
+        """
+        x = _plain_tensor(x)
+        self._check_input(x)
+        h, w = int(x.shape[2]), int(x.shape[3])
+        ph, pw = (32 - h % 32) % 32, (32 - w % 32) % 32
+        if ph or pw:
+            x = F.pad(x, [0, pw, 0, ph])
+        y = self._segment(x)
         return y[:, :, :h, :w]

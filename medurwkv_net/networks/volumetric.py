@@ -339,28 +339,5 @@ class MedURWKV3D(MedURWKV):
             pads += [0, (m - size[i] % m) % m]
         if sum(pads) > 0:
             x = F.pad(x, pads)
-        b = x.shape[0]
-        feats, g16 = self.encoder.forward_tokens(x)
-        s4, _ = self.to_s4(feats[0], g16)
-        s8, _ = self.to_s8(feats[1], g16)
-        s16 = self.to_s16(feats[2])
-        y, g = self.to_s32(feats[3], g16)
-
-        y = self.bottleneck_norm(self._blocks(self.bottleneck, y, g))
-        y, g = self.up16(y, g)
-        y = self._blocks(self.dec16, self.fuse16([y, s16]), g)
-        y, g = self.up8(y, g)
-        y = self._blocks(self.dec8, self.fuse8([y, s8]), g)
-        y, g = self.up4(y, g)
-        if self.input_skip:
-            stem, _ = self.stem(x)
-            y = self.fuse4([y, s4, stem])
-        else:
-            y = self.fuse4([y, s4])
-        y = self.dec_norm(self._blocks(self.dec4, y, g))
-        y, g = self.final_expand(y, g)
-        y = y.reshape(b, g[0], g[1], g[2], -1)
-        if self.input_skip:
-            y = torch.cat([y, x.permute(0, 2, 3, 4, 1).to(y.dtype)], dim=-1)
-        y = self.out(self.refine(y)).permute(0, 4, 1, 2, 3)
+        y = self._segment(x)
         return y[:, :, : size[0], : size[1], : size[2]]
