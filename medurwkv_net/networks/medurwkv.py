@@ -25,6 +25,28 @@ def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _check_unet_args(
+    name: str, in_channels: int, out_channels: int, feature_size: int, bottleneck_depth: int, encoder: str,
+    out_indices: Sequence[int], decoder_depths: Sequence[int], final_dims: Optional[int],
+) -> Tuple[Tuple[int, ...], int]:
+    """Validate the arguments the 2D and 3D models share; returns (decoder_depths, final_dims)."""
+    for arg, val in (("in_channels", in_channels), ("out_channels", out_channels),
+                     ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < (0 if arg == "bottleneck_depth" else 1):
+            raise ValueError(f"{name}: {arg} must be a positive int, got {val!r}.")
+    if encoder not in VRWKV_VARIANTS:
+        raise ValueError(f"{name}: unknown encoder {encoder!r}; choose one of {sorted(VRWKV_VARIANTS)}.")
+    if len(tuple(out_indices)) != 4:
+        raise ValueError(f"{name}: out_indices needs 4 encoder blocks (strides 4/8/16/32), got {out_indices!r}.")
+    depths = tuple(int(d) for d in decoder_depths)
+    if len(depths) != 3 or any(d < 0 for d in depths):
+        raise ValueError(f"{name}: decoder_depths must be 3 non-negative ints, got {decoder_depths!r}.")
+    final = feature_size // 2 if final_dims is None else int(final_dims)
+    if final < 1:
+        raise ValueError(f"{name}: final_dims must be positive, got {final}.")
+    return depths, final
+
+
 class _Fuse(nn.Module):
     """Concatenate along channels, LayerNorm, Linear to ``out_dims``."""
 
@@ -138,22 +160,12 @@ class MedURWKV(nn.Module):
         super().__init__()
         if spatial_dims != 2:  # 3 never gets here: __new__ builds a MedURWKV3D
             raise ValueError(f"MedURWKV: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
-                          ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < (0 if name == "bottleneck_depth" else 1):
-                raise ValueError(f"MedURWKV: {name} must be a positive int, got {val!r}.")
+        decoder_depths, final_dims = _check_unet_args(
+            "MedURWKV", in_channels, out_channels, feature_size, bottleneck_depth, encoder, out_indices,
+            decoder_depths, final_dims,
+        )
         if feature_size % 4 != 0:
             raise ValueError(f"MedURWKV: feature_size must be divisible by 4 (Q-Shift groups), got {feature_size}.")
-        if encoder not in VRWKV_VARIANTS:
-            raise ValueError(f"MedURWKV: unknown encoder {encoder!r}; choose one of {sorted(VRWKV_VARIANTS)}.")
-        if len(tuple(out_indices)) != 4:
-            raise ValueError(f"MedURWKV: out_indices needs 4 encoder blocks (strides 4/8/16/32), got {out_indices!r}.")
-        decoder_depths = tuple(int(d) for d in decoder_depths)
-        if len(decoder_depths) != 3 or any(d < 0 for d in decoder_depths):
-            raise ValueError(f"MedURWKV: decoder_depths must be 3 non-negative ints, got {decoder_depths!r}.")
-        final_dims = feature_size // 2 if final_dims is None else int(final_dims)
-        if final_dims < 1:
-            raise ValueError(f"MedURWKV: final_dims must be positive, got {final_dims}.")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -165,13 +177,34 @@ class MedURWKV(nn.Module):
             encoder, in_channels=in_channels, img_size=img_size, out_indices=tuple(out_indices),
             drop_path_rate=encoder_drop_path_rate, with_cp=use_checkpoint,
         )
-        e = self.encoder.embed_dims
-        d = [feature_size, 2 * feature_size, 4 * feature_size, 8 * feature_size]
-        self.to_s4 = PatchExpand(2, e, d[0], 4)
-        self.to_s8 = PatchExpand(2, e, d[1], 2)
-        self.to_s16 = _Project(e, d[2])
-        self.to_s32 = PatchMerge(2, e, d[3])
+        self._build_decoder(
+            self.encoder.embed_dims, feature_size, bottleneck_depth, decoder_depths, drop_path_rate, final_dims,
+            stem=PatchEmbed(2, in_channels, feature_size, 4) if self.input_skip else None,
+            final_expand=PatchExpand(2, feature_size, final_dims, 4),
+        )
 
+        self.pretrained_source: Optional[str] = None
+        if pretrained:
+            source = _PRETRAINED_NAMES[encoder] if pretrained is True else str(pretrained)
+            from medurwkv_net.pretrained import load_vrwkv_weights
+
+            load_vrwkv_weights(self.encoder, source, strict=True, cache_dir=hf_cache_dir)
+            self.pretrained_source = source
+
+    # ------------------------------------------------------------------ switches
+    def _build_decoder(
+        self, encoder_dims: int, feature_size: int, bottleneck_depth: int, decoder_depths: Tuple[int, ...],
+        drop_path_rate: float, final_dims: int, stem: Optional[nn.Module], final_expand: nn.Module,
+    ) -> None:
+        """Skip projections, bottleneck, decoder and head, shared by the 2D and 3D models; only the
+        full-resolution stem and final expansion differ by dimension."""
+        sd = self.spatial_dims
+        e = encoder_dims
+        d = [feature_size, 2 * feature_size, 4 * feature_size, 8 * feature_size]
+        self.to_s4 = PatchExpand(sd, e, d[0], 4)
+        self.to_s8 = PatchExpand(sd, e, d[1], 2)
+        self.to_s16 = _Project(e, d[2])
+        self.to_s32 = PatchMerge(sd, e, d[3])
         n_dec = bottleneck_depth + sum(decoder_depths)
         dpr = [float(v) for v in torch.linspace(0, drop_path_rate, max(n_dec, 1))]
 
@@ -184,34 +217,25 @@ class MedURWKV(nn.Module):
         self.bottleneck = blocks(d[3], bottleneck_depth, 0)
         self.bottleneck_norm = nn.LayerNorm(d[3])
         start = bottleneck_depth
-        self.up16 = PatchExpand(2, d[3], d[2], 2)
+        self.up16 = PatchExpand(sd, d[3], d[2], 2)
         self.fuse16 = _Fuse(2 * d[2], d[2])
         self.dec16 = blocks(d[2], decoder_depths[0], start)
         start += decoder_depths[0]
-        self.up8 = PatchExpand(2, d[2], d[1], 2)
+        self.up8 = PatchExpand(sd, d[2], d[1], 2)
         self.fuse8 = _Fuse(2 * d[1], d[1])
         self.dec8 = blocks(d[1], decoder_depths[1], start)
         start += decoder_depths[1]
-        self.up4 = PatchExpand(2, d[1], d[0], 2)
-        if self.input_skip:
-            self.stem = PatchEmbed(2, in_channels, d[0], 4)
+        self.up4 = PatchExpand(sd, d[1], d[0], 2)
+        if stem is not None:
+            self.stem = stem
         self.fuse4 = _Fuse((3 if self.input_skip else 2) * d[0], d[0])
         self.dec4 = blocks(d[0], decoder_depths[2], start)
         self.dec_norm = nn.LayerNorm(d[0])
-        self.final_expand = PatchExpand(2, d[0], final_dims, 4)
-        head_in = final_dims + (in_channels if self.input_skip else 0)
+        self.final_expand = final_expand
+        head_in = final_dims + (self.in_channels if self.input_skip else 0)
         self.refine = nn.Sequential(nn.Linear(head_in, final_dims), nn.GELU())
-        self.out = nn.Linear(final_dims, out_channels)
+        self.out = nn.Linear(final_dims, self.out_channels)
 
-        self.pretrained_source: Optional[str] = None
-        if pretrained:
-            source = _PRETRAINED_NAMES[encoder] if pretrained is True else str(pretrained)
-            from medurwkv_net.pretrained import load_vrwkv_weights
-
-            load_vrwkv_weights(self.encoder, source, strict=True, cache_dir=hf_cache_dir)
-            self.pretrained_source = source
-
-    # ------------------------------------------------------------------ switches
     def freeze_encoder(self) -> None:
         """Stop gradients into the VRWKV encoder (its parameters get ``requires_grad=False``)."""
         for p in self.encoder.parameters():

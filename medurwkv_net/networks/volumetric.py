@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import PatchExpand, PatchMerge, VRWKVBlock, grid_to_tokens
-from .medurwkv import MedURWKV, _Fuse, _plain_tensor, _Project
+from .blocks import grid_to_tokens
+from .medurwkv import MedURWKV, _check_unet_args, _plain_tensor
 from .vrwkv import VRWKV, VRWKV_VARIANTS
 
 __all__ = ["VolumePatchEmbed", "VolumePatchExpand", "VRWKV3D", "MedURWKV3D", "as_3tuple"]
@@ -242,23 +242,13 @@ class MedURWKV3D(MedURWKV):
         nn.Module.__init__(self)  # MedURWKV.__init__ builds the 2D layers; the 3D ones are built here
         if spatial_dims != 3:
             raise ValueError(f"MedURWKV3D: spatial_dims must be 3, got {spatial_dims!r}.")
-        for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
-                          ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < (0 if name == "bottleneck_depth" else 1):
-                raise ValueError(f"MedURWKV3D: {name} must be a positive int, got {val!r}.")
-        if encoder not in VRWKV_VARIANTS:
-            raise ValueError(f"MedURWKV3D: unknown encoder {encoder!r}; choose one of {sorted(VRWKV_VARIANTS)}.")
-        if len(tuple(out_indices)) != 4:
-            raise ValueError(f"MedURWKV3D: out_indices needs 4 encoder blocks, got {out_indices!r}.")
-        decoder_depths = tuple(int(d) for d in decoder_depths)
-        if len(decoder_depths) != 3 or any(d < 0 for d in decoder_depths):
-            raise ValueError(f"MedURWKV3D: decoder_depths must be 3 non-negative ints, got {decoder_depths!r}.")
+        decoder_depths, final_dims = _check_unet_args(
+            "MedURWKV3D", in_channels, out_channels, feature_size, bottleneck_depth, encoder, out_indices,
+            decoder_depths, final_dims,
+        )
         patch = as_3tuple(patch_size, "MedURWKV3D patch_size", minimum=4)
         if any(p % 4 for p in patch):
             raise ValueError(f"MedURWKV3D: every patch_size entry must be a multiple of 4, got {patch_size!r}.")
-        final_dims = feature_size // 2 if final_dims is None else int(final_dims)
-        if final_dims < 1:
-            raise ValueError(f"MedURWKV3D: final_dims must be positive, got {final_dims}.")
 
         self.spatial_dims = 3
         self.in_channels = in_channels
@@ -273,42 +263,12 @@ class MedURWKV3D(MedURWKV):
             img_size=img_size, patch_size=patch, in_channels=in_channels, out_indices=tuple(out_indices),
             drop_path_rate=encoder_drop_path_rate, with_cp=use_checkpoint, **cfg,
         )
-        e = self.encoder.embed_dims
-        d = [feature_size, 2 * feature_size, 4 * feature_size, 8 * feature_size]
-        self.to_s4 = PatchExpand(3, e, d[0], 4)
-        self.to_s8 = PatchExpand(3, e, d[1], 2)
-        self.to_s16 = _Project(e, d[2])
-        self.to_s32 = PatchMerge(3, e, d[3])
-        n_dec = bottleneck_depth + sum(decoder_depths)
-        dpr = [float(v) for v in torch.linspace(0, drop_path_rate, max(n_dec, 1))]
-
-        def blocks(width: int, n: int, start: int) -> nn.ModuleList:
-            return nn.ModuleList(
-                [VRWKVBlock(width, layer_id=i, num_layers=n, drop_path=dpr[start + i], use_ln0=False) for i in range(n)]
-            )
-
-        self.bottleneck = blocks(d[3], bottleneck_depth, 0)
-        self.bottleneck_norm = nn.LayerNorm(d[3])
-        start = bottleneck_depth
-        self.up16 = PatchExpand(3, d[3], d[2], 2)
-        self.fuse16 = _Fuse(2 * d[2], d[2])
-        self.dec16 = blocks(d[2], decoder_depths[0], start)
-        start += decoder_depths[0]
-        self.up8 = PatchExpand(3, d[2], d[1], 2)
-        self.fuse8 = _Fuse(2 * d[1], d[1])
-        self.dec8 = blocks(d[1], decoder_depths[1], start)
-        start += decoder_depths[1]
-        self.up4 = PatchExpand(3, d[1], d[0], 2)
         quarter = [p // 4 for p in patch]
-        if self.input_skip:
-            self.stem = VolumePatchEmbed(in_channels, d[0], quarter)
-        self.fuse4 = _Fuse((3 if self.input_skip else 2) * d[0], d[0])
-        self.dec4 = blocks(d[0], decoder_depths[2], start)
-        self.dec_norm = nn.LayerNorm(d[0])
-        self.final_expand = VolumePatchExpand(d[0], final_dims, quarter)
-        head_in = final_dims + (in_channels if self.input_skip else 0)
-        self.refine = nn.Sequential(nn.Linear(head_in, final_dims), nn.GELU())
-        self.out = nn.Linear(final_dims, out_channels)
+        self._build_decoder(
+            self.encoder.embed_dims, feature_size, bottleneck_depth, decoder_depths, drop_path_rate, final_dims,
+            stem=VolumePatchEmbed(in_channels, feature_size, quarter) if self.input_skip else None,
+            final_expand=VolumePatchExpand(feature_size, final_dims, quarter),
+        )
 
         self.pretrained_source: Optional[str] = None
         if pretrained:
