@@ -6,7 +6,12 @@ memory above the inputs (``ru_maxrss``), so one measurement's allocations cannot
 Writes ``benchmarks/results/bi_wkv_cpu.md`` and ``.json``; ratios are against the kernel measured
 in the same run.
 
-    python benchmarks/bench_bi_wkv.py [--T 196 1024 ...] [--threads N] [--ref-max-T 1024]
+For the kernel, each worker also times what PyTorch's CPU allocator costs before the kernel runs:
+allocating the op's outputs (y; y, dk, dv) and touching each 4 KiB page once. glibc hands blocks
+above 32 MiB back to the OS when they are freed, so at T=65536 (50 MiB per output and batch row)
+every call page-faults its outputs afresh, while at T <= 16384 freed blocks are reused.
+
+    python benchmarks/bench_bi_wkv.py [--T 196 1024 ...] [--threads N] [--ref-max-T 1024] [--backends cpu ...]
 """
 from __future__ import annotations
 
@@ -77,8 +82,17 @@ def measure(backend: str, T: int, threads: int) -> dict:
 
     fb = _timeit(fwd_bwd)
     peak_fb = _rss_mb() - base
-    return {"backend": backend, "T": T, "fwd_s": fwd, "fwd_bwd_s": fb, "peak_fwd_mb": peak_fwd,
-            "peak_fwd_bwd_mb": peak_fb}
+    row = {"backend": backend, "T": T, "fwd_s": fwd, "fwd_bwd_s": fb, "peak_fwd_mb": peak_fwd,
+           "peak_fwd_bwd_mb": peak_fb}
+    if backend == "cpu":
+
+        def first_touch(n_outputs):
+            for _ in range(n_outputs):
+                torch.empty_like(k).view(-1)[::1024].zero_()  # one write per 4 KiB page
+
+        row["alloc_fwd_s"] = _timeit(lambda: first_touch(1))
+        row["alloc_fwd_bwd_s"] = _timeit(lambda: first_touch(3))
+    return row
 
 
 def _run_worker(backend: str, T: int, threads: int, timeout: float) -> dict:
@@ -101,6 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--T", type=int, nargs="+", default=DEFAULT_T)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
     p.add_argument("--ref-max-T", type=int, default=1024, help="largest T for the O(T^2) reference")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per worker")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -114,7 +129,7 @@ def main(argv=None) -> int:
 
     rows = []
     for T in a.T:
-        for backend in BACKENDS:
+        for backend in a.backends:
             if backend == "ref" and T > a.ref_max_T:
                 rows.append({"backend": backend, "T": T, "error": f"not run: O(T^2) memory above T={a.ref_max_T}"})
                 continue
@@ -150,17 +165,22 @@ def main(argv=None) -> int:
         f"1-min load average at the end {env['load_avg_1min']:.1f}. Times are medians; "
         "memory is the peak resident growth above the inputs in a fresh process.",
         "",
-        "| T | backend | fwd ms | fwd+bwd ms | fwd x kernel | fwd+bwd x kernel | peak fwd MB | peak fwd+bwd MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "`alloc` columns (kernel rows): time to allocate the op's outputs and touch each page once, "
+        "part of the kernel's wall time (see the module docstring).",
+        "",
+        "| T | backend | fwd ms | fwd+bwd ms | fwd x kernel | fwd+bwd x kernel | peak fwd MB | peak fwd+bwd MB "
+        "| alloc fwd ms | alloc fwd+bwd ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['T']} | {r['backend']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['T']} | {r['backend']} | {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {r['T']} | {r['backend']} | {_fmt_ms(r['fwd_s'])} | {_fmt_ms(r['fwd_bwd_s'])} | "
             f"{r.get('fwd_s_vs_kernel', 0):.1f} | {r.get('fwd_bwd_s_vs_kernel', 0):.1f} | "
-            f"{r['peak_fwd_mb']:.0f} | {r['peak_fwd_bwd_mb']:.0f} |"
+            f"{r['peak_fwd_mb']:.0f} | {r['peak_fwd_bwd_mb']:.0f} | "
+            f"{_fmt_ms(r.get('alloc_fwd_s'))} | {_fmt_ms(r.get('alloc_fwd_bwd_s'))} |"
         )
     lines += ["", "Targets:", ""] + [f"- {k}: {v:.2f}" for k, v in targets.items()]
     (a.out / "bi_wkv_cpu.md").write_text("\n".join(lines) + "\n")

@@ -13,11 +13,16 @@
 //   dw  = -sum_t g_t (DA_t - y_t DA'_t + DB_t - y_t DB'_t),  DA_{t+1} = ew (DA_t + A_t),
 // where DA (DB) are the distance-weighted left (right) sums.
 //
-// Work is split into tasks of (batch row, range of channels); the channel range is the inner,
-// contiguous, vectorised loop, and each pass walks memory sequentially. All partial sums stay in float64 and the scaling by kmax keeps
-// every exponential <= 1; a task's values then fit float64 whenever
+// Work is split into tiles of kLanes channels; a task is a group of tiles of one batch row. A tile's
+// channels at one time step are a 64-byte run of k (float32) and each of its recurrences is one
+// float64 vector held in registers. Time is cut into blocks of kL steps and is the outer loop, so
+// the rows of a block stay in cache while every tile of the group walks them. A first pass keeps
+// the right-hand sums only at block boundaries; the pass that needs them per step rebuilds one
+// block at a time from its boundary into small buffers. Nothing of size T * C is allocated besides
+// the outputs. Channels beyond the last full tile are copied into a zero-padded tile. Every
+// exponential is <= 1 thanks to the kmax scaling, and a tile's sums fit float64 whenever
 //   S = (T - 1) * max(0, -w) + (kmax - kmin) + |u| <= kSafe
-// holds for each of its channels (always true for the network, where w = decay / T). Tasks that
+// holds for each of its channels (always true for the network, where w = decay / T). Tiles that
 // fail the test are reported through the returned flag and the caller uses its log-scaled fallback.
 #include <torch/extension.h>
 
@@ -27,46 +32,87 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <tuple>
 #include <vector>
 
 namespace {
 
-// Kernels are force-inlined into small per-dtype entry points that GCC compiles twice on x86-64
-// (an AVX2/FMA clone picked at load time when the CPU has it, and a baseline clone).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define MEDURWKV_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// Kernels are force-inlined into small per-dtype entry points that GCC compiles more than once on
+// x86-64: AVX-512 and AVX2/FMA clones picked at load time from the CPU's features (x86-64-v4 /
+// v3 levels, so AMD and Intel CPUs alike; "arch=haswell" would test for that CPU model and never
+// pick the clone on AMD), and a baseline clone.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+#define MEDURWKV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MEDURWKV_CLONES
 #endif
 #define MEDURWKV_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kW = 16;       // granularity of the channel split
+constexpr int kLanes = 16;       // channels per tile
+constexpr int64_t kL = 64;       // time steps per block
 constexpr double kSafe = 600.0;  // exp(600) * T stays far below the float64 maximum
 
-// exp(x) for -708 <= x <= 0 (callers guarantee x >= -kSafe), branch-free so that loops over
-// channels vectorise.
+// One float64 value per channel of a tile (GCC vector extension: the compiler maps it onto the
+// widest registers of each clone).
+typedef double vec __attribute__((vector_size(kLanes * sizeof(double))));
+typedef std::int64_t ivec __attribute__((vector_size(kLanes * sizeof(std::int64_t))));
+typedef float fvec __attribute__((vector_size(kLanes * sizeof(float))));
+
+MEDURWKV_INLINE vec splat(double x) { return vec{} + x; }
+
+MEDURWKV_INLINE vec load(const double* p) {
+  vec r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+}
+MEDURWKV_INLINE vec load(const float* p) {
+  fvec r;
+  std::memcpy(&r, p, sizeof(r));
+  return __builtin_convertvector(r, vec);
+}
+MEDURWKV_INLINE void store(double* p, vec x) { std::memcpy(p, &x, sizeof(x)); }
+MEDURWKV_INLINE void store(float* p, vec x) {
+  const fvec r = __builtin_convertvector(x, fvec);
+  std::memcpy(p, &r, sizeof(r));
+}
+
+// 1 / i! for i = 0..13
+constexpr double kInvFactorial[14] = {1.0,
+                                      1.0,
+                                      1.0 / 2,
+                                      1.0 / 6,
+                                      1.0 / 24,
+                                      1.0 / 120,
+                                      1.0 / 720,
+                                      1.0 / 5040,
+                                      1.0 / 40320,
+                                      1.0 / 362880,
+                                      1.0 / 3628800,
+                                      1.0 / 39916800,
+                                      1.0 / 479001600,
+                                      1.0 / 6227020800.0};
+
+// exp(x) for -708 <= x <= 0 (callers guarantee x >= -kSafe), lane-wise and branch-free.
 // kDeg terms of the Taylor series on |r| <= ln2 / 2: 7 gives ~5e-9 relative (float32 inputs),
 // 13 gives ~1e-16 (float64 inputs).
 template <int kDeg>
-MEDURWKV_INLINE double exp_nonpos(double x) {
+MEDURWKV_INLINE vec exp_nonpos(vec x) {
   constexpr double kLog2e = 1.4426950408889634;
   constexpr double kLn2Hi = 0.6931471803691238;
   constexpr double kLn2Lo = 1.9082149292705877e-10;
   constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
   constexpr double kTwo52 = 4503599627370496.0;   // 2^52: m + 2^52 holds the integer m in its low bits
-  const double n = (x * kLog2e + kShift) - kShift;  // round(x / ln2), in [-1022, 0]
-  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
-  double p = 1.0;
+  const vec n = (x * kLog2e + kShift) - kShift;    // round(x / ln2), in [-1022, 0]
+  const vec r = (x - n * kLn2Hi) - n * kLn2Lo;
+  vec p = splat(kInvFactorial[kDeg]);  // Horner: sum_i r^i / i!
 #pragma GCC unroll 16
-  for (int i = kDeg; i >= 1; --i) p = 1.0 + p * r * (1.0 / static_cast<double>(i));
-  const double m = n + (1023.0 + kTwo52);  // biased exponent n + 1023 in the low mantissa bits
-  std::uint64_t bits;
+  for (int i = kDeg - 1; i >= 0; --i) p = p * r + kInvFactorial[i];
+  const vec m = n + (1023.0 + kTwo52);  // biased exponent n + 1023 in the low mantissa bits
+  ivec bits;
   std::memcpy(&bits, &m, sizeof(bits));
   bits <<= 52;  // move it to the exponent field: 2^n
-  double scale;
+  vec scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
@@ -80,233 +126,316 @@ struct ExpDeg<float> {
   static constexpr int value = 7;
 };
 
-// One task: batch row b, channels [c0, c0 + cw). Whole rows of channels are processed per time
-// step, so every pass walks k, v, y and the scratch buffers sequentially in memory.
-struct Task {
-  int64_t T, C;  // sequence length and row stride of k, v, y
-  int64_t cw;    // channels in this task
-  double* kmax;  // [cw] max_t k (the scale; cancels in num / den)
-  double* ew;    // [cw] exp(-w)
-  double* eu;    // [cw] exp(u)
+MEDURWKV_INLINE int64_t num_blocks(int64_t T) { return (T + kL - 1) / kL; }
+
+// A group of n tiles (kLanes channels each) of one batch row: channels [0, n * kLanes) from the
+// pointers it is given; k, v, y (gy, gk, gv) hold step t at offset t * C.
+struct Group {
+  int64_t T, C, n;
+  vec* kmax;  // [n] max_t k (the scale; cancels in num / den)
+  vec* ew;    // [n] exp(-w)
+  vec* eu;    // [n] exp(u)
 };
 
-// Pass 0: per-channel max / min of k and the float64-range test. Returns false if it fails.
+// Channel maxima / minima of k and the float64-range test over the first `valid` channels.
 template <typename scalar_t>
-MEDURWKV_INLINE bool prepare(const scalar_t* __restrict k, const double* w, const double* u, Task& tk,
-             double* __restrict kmin) {
-  const int64_t cw = tk.cw;
-  double* __restrict kmax = tk.kmax;
-  for (int64_t j = 0; j < cw; ++j) {
-    kmax[j] = -std::numeric_limits<double>::infinity();
-    kmin[j] = std::numeric_limits<double>::infinity();
-  }
-  for (int64_t t = 0; t < tk.T; ++t) {
-    const scalar_t* __restrict kt = k + t * tk.C;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double x = static_cast<double>(kt[j]);
-      kmax[j] = x > kmax[j] ? x : kmax[j];
-      kmin[j] = x < kmin[j] ? x : kmin[j];
+MEDURWKV_INLINE bool prepare(const scalar_t* __restrict k, const double* w, const double* u, int64_t valid,
+                             const Group& gr, vec* __restrict kmin) {
+  for (int64_t i = 0; i < gr.n; ++i) gr.kmax[i] = kmin[i] = load(k + i * kLanes);
+  for (int64_t t = 1; t < gr.T; ++t) {
+    for (int64_t i = 0; i < gr.n; ++i) {
+      const vec x = load(k + t * gr.C + i * kLanes);
+      gr.kmax[i] = x > gr.kmax[i] ? x : gr.kmax[i];
+      kmin[i] = x < kmin[i] ? x : kmin[i];
     }
   }
   bool ok = true;
-  for (int64_t j = 0; j < cw; ++j) {
-    const double grow = w[j] < 0 ? -w[j] * static_cast<double>(tk.T - 1) : 0.0;
-    const double s = grow + (kmax[j] - kmin[j]) + std::fabs(u[j]);
-    if (!(s <= kSafe) || !std::isfinite(kmax[j]) || !std::isfinite(kmin[j])) ok = false;
-    tk.ew[j] = std::exp(-w[j]);
-    tk.eu[j] = std::exp(u[j]);
+  for (int64_t c = 0; c < gr.n * kLanes; ++c) {
+    const int64_t i = c / kLanes, l = c % kLanes;
+    const double wl = c < valid ? w[c] : 0.0, ul = c < valid ? u[c] : 0.0;
+    const double grow = wl < 0 ? -wl * static_cast<double>(gr.T - 1) : 0.0;
+    const double mx = gr.kmax[i][l], mn = kmin[i][l];
+    const double s = grow + (mx - mn) + std::fabs(ul);
+    if (c < valid && (!(s <= kSafe) || !std::isfinite(mx) || !std::isfinite(mn))) ok = false;
+    gr.ew[i][l] = std::exp(-wl);
+    gr.eu[i][l] = std::exp(ul);
   }
   return ok;
 }
 
-// Scratch (scalar_t, [T][cw] each): e_t, right denominator sums. The right numerator sums are
-// parked in y until the left-to-right pass overwrites them with the output.
+// Time is the outer loop (blocks of kL steps, so the rows of a block stay in cache while every
+// tile of the group walks them); a tile's recurrences live in registers within a block and in
+// the state arrays between blocks.
+// Scratch: bnd [num_blocks(T)][n][2] (right sums at every block's last step), st [n][4],
+// blk [3 * kL].
 template <typename scalar_t>
-MEDURWKV_INLINE void forward_task(const scalar_t* __restrict k, const scalar_t* __restrict v, scalar_t* __restrict y,
-                  const Task& tk, scalar_t* __restrict scratch, double* __restrict st) {
-  const int64_t cw = tk.cw, T = tk.T, C = tk.C;
+MEDURWKV_INLINE void forward_group(const scalar_t* __restrict k, const scalar_t* __restrict v,
+                                   scalar_t* __restrict y, const Group& gr, vec* __restrict bnd,
+                                   vec* __restrict st, vec* __restrict blk) {
   constexpr int kDeg = ExpDeg<scalar_t>::value;
-  const double* __restrict kmax = tk.kmax;
-  const double* __restrict ew = tk.ew;
-  const double* __restrict eu = tk.eu;
-  scalar_t* __restrict ebuf = scratch;
-  scalar_t* __restrict bdbuf = scratch + T * cw;
-  double* __restrict sn = st;  // running sums (numerator, denominator)
-  double* __restrict sd = st + cw;
-  for (int64_t j = 0; j < cw; ++j) sn[j] = sd[j] = 0.0;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* __restrict kt = k + t * C;
-    const scalar_t* __restrict vt = v + t * C;
-    scalar_t* __restrict yt = y + t * C;
-    scalar_t* __restrict et = ebuf + t * cw;
-    scalar_t* __restrict bdt = bdbuf + t * cw;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double e = exp_nonpos<kDeg>(static_cast<double>(kt[j]) - kmax[j]);
-      et[j] = static_cast<scalar_t>(e);
-      yt[j] = static_cast<scalar_t>(sn[j]);
-      bdt[j] = static_cast<scalar_t>(sd[j]);
-      sn[j] = ew[j] * sn[j] + e * static_cast<double>(vt[j]);
-      sd[j] = ew[j] * sd[j] + e;
+  const int64_t T = gr.T, C = gr.C, n = gr.n, nb = num_blocks(T);
+  vec* __restrict eb = blk;  // the block's e_t and right sums (numerator, denominator)
+  vec* __restrict rnb = blk + kL;
+  vec* __restrict rdb = blk + 2 * kL;
+  // Pass 1 (right to left): right sums at the last step of every block.
+  for (int64_t i = 0; i < 2 * n; ++i) st[i] = splat(0.0);
+  for (int64_t b = nb - 1; b >= 0; --b) {
+    const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* __restrict ki = k + i * kLanes;
+      const scalar_t* __restrict vi = v + i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i];
+      vec sn = st[2 * i], sd = st[2 * i + 1];
+      bnd[2 * (b * n + i)] = sn;
+      bnd[2 * (b * n + i) + 1] = sd;
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const vec e = exp_nonpos<kDeg>(load(ki + t * C) - kmax);
+        sn = ew * sn + e * load(vi + t * C);
+        sd = ew * sd + e;
+      }
+      st[2 * i] = sn;
+      st[2 * i + 1] = sd;
     }
   }
-  for (int64_t j = 0; j < cw; ++j) sn[j] = sd[j] = 0.0;
-  for (int64_t t = 0; t < T; ++t) {
-    const scalar_t* __restrict vt = v + t * C;
-    scalar_t* __restrict yt = y + t * C;
-    const scalar_t* __restrict et = ebuf + t * cw;
-    const scalar_t* __restrict bdt = bdbuf + t * cw;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double e = static_cast<double>(et[j]);
-      const double vv = static_cast<double>(vt[j]);
-      const double s = eu[j] * e;
-      const double num = sn[j] + static_cast<double>(yt[j]) + s * vv;
-      const double den = sd[j] + static_cast<double>(bdt[j]) + s;
-      yt[j] = static_cast<scalar_t>(num / den);
-      sn[j] = ew[j] * sn[j] + e * vv;
-      sd[j] = ew[j] * sd[j] + e;
+  // Pass 2 (left to right, block by block): the block's right sums, then the output.
+  for (int64_t i = 0; i < 2 * n; ++i) st[i] = splat(0.0);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* __restrict ki = k + i * kLanes;
+      const scalar_t* __restrict vi = v + i * kLanes;
+      scalar_t* __restrict yi = y + i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      vec rn = bnd[2 * (b * n + i)], rd = bnd[2 * (b * n + i) + 1];
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const vec e = exp_nonpos<kDeg>(load(ki + t * C) - kmax);
+        eb[t - t0] = e;
+        rnb[t - t0] = rn;
+        rdb[t - t0] = rd;
+        rn = ew * rn + e * load(vi + t * C);
+        rd = ew * rd + e;
+      }
+      vec sn = st[2 * i], sd = st[2 * i + 1];
+      for (int64_t t = t0; t < t1; ++t) {
+        const vec e = eb[t - t0], vv = load(vi + t * C), s = eu * e;
+        store(yi + t * C, (sn + rnb[t - t0] + s * vv) / (sd + rdb[t - t0] + s));
+        sn = ew * sn + e * vv;
+        sd = ew * sd + e;
+      }
+      st[2 * i] = sn;
+      st[2 * i + 1] = sd;
     }
   }
 }
 
-// Scratch (scalar_t, [T][cw] each): e_t, right denominator sums, g_t. gv and gk hold the left
-// scans of g and g * y until the last pass overwrites them with the gradients.
-template <typename scalar_t>
-MEDURWKV_INLINE void backward_task(const scalar_t* __restrict k, const scalar_t* __restrict v,
-                   const scalar_t* __restrict y, const scalar_t* __restrict gy,
-                   scalar_t* __restrict gk, scalar_t* __restrict gv, double* __restrict gw,
-                   double* __restrict gu, const Task& tk, scalar_t* __restrict scratch,
-                   double* __restrict st) {
-  const int64_t cw = tk.cw, T = tk.T, C = tk.C;
-  constexpr int kDeg = ExpDeg<scalar_t>::value;
-  const double* __restrict kmax = tk.kmax;
-  const double* __restrict ew = tk.ew;
-  const double* __restrict eu = tk.eu;
-  scalar_t* __restrict ebuf = scratch;
-  scalar_t* __restrict bdbuf = scratch + T * cw;
-  scalar_t* __restrict gbuf = scratch + 2 * T * cw;
-  double* __restrict sn = st;  // value sums
-  double* __restrict sd = st + cw;  // key sums (denominator)
-  double* __restrict dn = st + 2 * cw;  // distance-weighted sums
-  double* __restrict dd = st + 3 * cw;
-  double* __restrict p = st + 4 * cw;  // scans of g and g * y
-  double* __restrict q = st + 5 * cw;
-  double* __restrict dw = st + 6 * cw;
-  double* __restrict du = st + 7 * cw;
-  for (int64_t j = 0; j < 8 * cw; ++j) st[j] = 0.0;
-  // Pass 1 (right to left): e_t and the right denominator sums.
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* __restrict kt = k + t * C;
-    scalar_t* __restrict et = ebuf + t * cw;
-    scalar_t* __restrict bdt = bdbuf + t * cw;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double e = exp_nonpos<kDeg>(static_cast<double>(kt[j]) - kmax[j]);
-      et[j] = static_cast<scalar_t>(e);
-      bdt[j] = static_cast<scalar_t>(sd[j]);
-      sd[j] = ew[j] * sd[j] + e;
-    }
-  }
-  for (int64_t j = 0; j < cw; ++j) sd[j] = 0.0;
-  // Pass 2 (left to right): den_t, g_t, left part of dw, left scans of g and g * y.
-  for (int64_t t = 0; t < T; ++t) {
-    const scalar_t* __restrict vt = v + t * C;
-    const scalar_t* __restrict yt = y + t * C;
-    const scalar_t* __restrict gyt = gy + t * C;
-    scalar_t* __restrict plt = gv + t * C;
-    scalar_t* __restrict qlt = gk + t * C;
-    const scalar_t* __restrict et = ebuf + t * cw;
-    const scalar_t* __restrict bdt = bdbuf + t * cw;
-    scalar_t* __restrict gt = gbuf + t * cw;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double e = static_cast<double>(et[j]);
-      const double vv = static_cast<double>(vt[j]);
-      const double yy = static_cast<double>(yt[j]);
-      const double den = sd[j] + static_cast<double>(bdt[j]) + eu[j] * e;
-      const double g = static_cast<double>(gyt[j]) / den;
-      gt[j] = static_cast<scalar_t>(g);
-      dw[j] += g * (dn[j] - yy * dd[j]);
-      plt[j] = static_cast<scalar_t>(p[j]);
-      qlt[j] = static_cast<scalar_t>(q[j]);
-      dn[j] = ew[j] * (dn[j] + sn[j]);
-      dd[j] = ew[j] * (dd[j] + sd[j]);
-      sn[j] = ew[j] * sn[j] + e * vv;
-      sd[j] = ew[j] * sd[j] + e;
-      p[j] = ew[j] * p[j] + g;
-      q[j] = ew[j] * q[j] + g * yy;
-    }
-  }
-  for (int64_t j = 0; j < 6 * cw; ++j) st[j] = 0.0;
-  // Pass 3 (right to left): right part of dw, right scans of g and g * y, dk, dv, du.
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* __restrict vt = v + t * C;
-    const scalar_t* __restrict yt = y + t * C;
-    scalar_t* __restrict gkt = gk + t * C;
-    scalar_t* __restrict gvt = gv + t * C;
-    const scalar_t* __restrict et = ebuf + t * cw;
-    const scalar_t* __restrict gt = gbuf + t * cw;
-    for (int64_t j = 0; j < cw; ++j) {
-      const double e = static_cast<double>(et[j]);
-      const double vv = static_cast<double>(vt[j]);
-      const double yy = static_cast<double>(yt[j]);
-      const double g = static_cast<double>(gt[j]);
-      dw[j] += g * (dn[j] - yy * dd[j]);
-      const double eug = eu[j] * g;
-      const double pp = static_cast<double>(gvt[j]) + p[j] + eug;
-      const double qq = static_cast<double>(gkt[j]) + q[j] + eug * yy;
-      const double dv = e * pp;
-      gvt[j] = static_cast<scalar_t>(dv);
-      gkt[j] = static_cast<scalar_t>(vv * dv - e * qq);
-      du[j] += eug * e * (vv - yy);
-      dn[j] = ew[j] * (dn[j] + sn[j]);
-      dd[j] = ew[j] * (dd[j] + sd[j]);
-      sn[j] = ew[j] * sn[j] + e * vv;
-      sd[j] = ew[j] * sd[j] + e;
-      p[j] = ew[j] * p[j] + g;
-      q[j] = ew[j] * q[j] + g * yy;
-    }
-  }
-  for (int64_t j = 0; j < cw; ++j) {
-    gw[j] = -dw[j];
-    gu[j] = du[j];
+// The running sums of one direction in the backward pass: value and key sums (sn, sd), their
+// distance-weighted versions (dn, dd) and the scans of g and g * y (p, q); see the header.
+struct Scans {
+  vec sn, sd, dn, dd, p, q;
+};
+
+// Moves the sums one step on, past a step with key weight e, value vv, g and output yy.
+MEDURWKV_INLINE void advance(Scans& s, vec ew, vec e, vec vv, vec g, vec yy) {
+  s.dn = ew * (s.dn + s.sn);
+  s.dd = ew * (s.dd + s.sd);
+  s.sn = ew * s.sn + e * vv;
+  s.sd = ew * s.sd + e;
+  s.p = ew * s.p + g;
+  s.q = ew * s.q + g * yy;
+}
+
+// Rebuilds e_t of one block and, from the boundary value x, the key sums of one direction
+// (right to left when kReverse): db[t - t0] is the sum over the steps beyond t.
+template <bool kReverse, int kDeg, typename scalar_t>
+MEDURWKV_INLINE void rebuild_block(const scalar_t* __restrict ki, int64_t C, int64_t t0, int64_t t1, vec kmax,
+                                   vec ew, vec x, vec* __restrict eb, vec* __restrict db) {
+  for (int64_t j = 0; j < t1 - t0; ++j) {
+    const int64_t t = kReverse ? t1 - 1 - j : t0 + j;
+    const vec e = exp_nonpos<kDeg>(load(ki + t * C) - kmax);
+    eb[t - t0] = e;
+    db[t - t0] = x;
+    x = ew * x + e;
   }
 }
 
-#define MEDURWKV_ENTRY(T_)                                                                       \
-  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, const double* w,              \
-                                   const double* u, Task& tk, T_* scratch, double* st) {          \
-    if (!prepare<T_>(k, w, u, tk, st)) return false;                                             \
-    forward_task<T_>(k, v, y, tk, scratch, st);                                                  \
-    return true;                                                                                 \
-  }                                                                                              \
-  MEDURWKV_CLONES void run_backward(const T_* k, const T_* v, const T_* y, const T_* gy, T_* gk,  \
-                                    T_* gv, double* gw, double* gu, const double* w,              \
-                                    const double* u, Task& tk, T_* scratch, double* st) {         \
-    prepare<T_>(k, w, u, tk, st);                                                                \
-    backward_task<T_>(k, v, y, gy, gk, gv, gw, gu, tk, scratch, st);                             \
+// State of one tile between blocks: the scans of the current direction, dw and du.
+struct BackwardState {
+  Scans s;
+  vec dw, du;
+};
+static_assert(sizeof(BackwardState) == 8 * sizeof(vec), "BackwardState is laid out in scratch as 8 vec");
+
+// Scratch: bnd [num_blocks(T)][n][4] (the right key sum after pass 1; the left key sum and left
+// scans of g and g * y at every block's first step after pass 2), st [n], blk [5 * kL].
+// gw and gu: [n].
+template <typename scalar_t>
+MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t* __restrict v,
+                                    const scalar_t* __restrict y, const scalar_t* __restrict gy,
+                                    scalar_t* __restrict gk, scalar_t* __restrict gv, vec* __restrict gw,
+                                    vec* __restrict gu, const Group& gr, vec* __restrict bnd,
+                                    BackwardState* __restrict st, vec* __restrict blk) {
+  constexpr int kDeg = ExpDeg<scalar_t>::value;
+  const int64_t T = gr.T, C = gr.C, n = gr.n, nb = num_blocks(T);
+  vec* __restrict eb = blk;           // e_t
+  vec* __restrict db = blk + kL;      // the other direction's key sums
+  vec* __restrict gb = blk + 2 * kL;  // g_t
+  vec* __restrict pb = blk + 3 * kL;  // right scans of g and g * y
+  vec* __restrict qb = blk + 4 * kL;
+  const vec zero = splat(0.0);
+  const Scans none{zero, zero, zero, zero, zero, zero};
+  // Pass 1 (right to left): right key sums at the last step of every block.
+  for (int64_t i = 0; i < n; ++i) st[i].s.sd = zero;
+  for (int64_t b = nb - 1; b >= 0; --b) {
+    const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* __restrict ki = k + i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i];
+      vec sd = st[i].s.sd;
+      bnd[4 * (b * n + i)] = sd;
+      for (int64_t t = t1 - 1; t >= t0; --t) sd = ew * sd + exp_nonpos<kDeg>(load(ki + t * C) - kmax);
+      st[i].s.sd = sd;
+    }
+  }
+  // Pass 2 (left to right): den_t, g_t, left part of dw; left states at every block start.
+  for (int64_t i = 0; i < n; ++i) st[i] = BackwardState{none, zero, zero};
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      Scans left = st[i].s;
+      vec dw = st[i].dw;
+      vec* __restrict bn = bnd + 4 * (b * n + i);
+      bn[1] = left.sd;
+      bn[2] = left.p;
+      bn[3] = left.q;
+      rebuild_block<true, kDeg>(k + o, C, t0, t1, kmax, ew, bn[0], eb, db);
+      for (int64_t t = t0; t < t1; ++t) {
+        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C);
+        const vec g = load(gy + o + t * C) / (left.sd + db[t - t0] + eu * e);
+        dw += g * (left.dn - yy * left.dd);
+        advance(left, ew, e, vv, g, yy);
+      }
+      st[i].s = left;
+      st[i].dw = dw;
+    }
+  }
+  // Pass 3 (right to left, block by block): the block's left key sums, then den_t, g_t, the right
+  // part of dw, du and the right scans, then dk and dv with the block's left scans.
+  for (int64_t i = 0; i < n; ++i) st[i].s = none;
+  for (int64_t b = nb - 1; b >= 0; --b) {
+    const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      const vec* __restrict bn = bnd + 4 * (b * n + i);
+      rebuild_block<false, kDeg>(k + o, C, t0, t1, kmax, ew, bn[1], eb, db);
+      Scans right = st[i].s;
+      vec dw = st[i].dw, du = st[i].du;
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C);
+        const vec g = load(gy + o + t * C) / (db[t - t0] + right.sd + eu * e);
+        gb[t - t0] = g;
+        pb[t - t0] = right.p;
+        qb[t - t0] = right.q;
+        dw += g * (right.dn - yy * right.dd);
+        du += eu * g * e * (vv - yy);
+        advance(right, ew, e, vv, g, yy);
+      }
+      st[i] = BackwardState{right, dw, du};
+      vec lp = bn[2], lq = bn[3];  // the block's left scans of g and g * y
+      for (int64_t t = t0; t < t1; ++t) {
+        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C), g = gb[t - t0];
+        const vec eug = eu * g;
+        const vec dv = e * (lp + pb[t - t0] + eug);
+        store(gv + o + t * C, dv);
+        store(gk + o + t * C, vv * dv - e * (lq + qb[t - t0] + eug * yy));
+        lp = ew * lp + g;
+        lq = ew * lq + g * yy;
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    gw[i] = -st[i].dw;
+    gu[i] = st[i].du;
+  }
+}
+
+// Per-dtype entry points (compiled once per clone); only pointers and scalars cross them.
+// scratch: vec_scratch(scratch_size(...)); valid: real channels (the rest is zero padding).
+#define MEDURWKV_ENTRY(T_)                                                                        \
+  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, const double* w,               \
+                                   const double* u, int64_t valid, int64_t T, int64_t C,         \
+                                   int64_t n, void* scratch) {                                    \
+    vec* sc = static_cast<vec*>(scratch);                                                          \
+    const Group gr{T, C, n, sc, sc + n, sc + 2 * n};                                               \
+    if (!prepare<T_>(k, w, u, valid, gr, sc + 3 * n)) return false;                               \
+    forward_group<T_>(k, v, y, gr, sc + 7 * n + 5 * kL, sc + 3 * n, sc + 7 * n);                   \
+    return true;                                                                                   \
+  }                                                                                                \
+  MEDURWKV_CLONES void run_backward(const T_* k, const T_* v, const T_* y, const T_* gy, T_* gk,   \
+                                    T_* gv, double* gw, double* gu, const double* w,               \
+                                    const double* u, int64_t valid, int64_t T, int64_t C,        \
+                                    int64_t n, void* scratch) {                                   \
+    vec* sc = static_cast<vec*>(scratch);                                                          \
+    const Group gr{T, C, n, sc, sc + n, sc + 2 * n};                                               \
+    prepare<T_>(k, w, u, valid, gr, sc + 3 * n);                                                   \
+    vec* gwv = sc + 11 * n;                                                                        \
+    vec* guv = sc + 12 * n;                                                                        \
+    backward_group<T_>(k, v, y, gy, gk, gv, gwv, guv, gr, sc + 13 * n + 5 * kL,                    \
+                       reinterpret_cast<BackwardState*>(sc + 3 * n), sc + 13 * n);                 \
+    for (int64_t c = 0; c < valid; ++c) {                                                          \
+      gw[c] = gwv[c / kLanes][c % kLanes];                                                         \
+      gu[c] = guv[c / kLanes][c % kLanes];                                                         \
+    }                                                                                              \
   }
 MEDURWKV_ENTRY(float)
 MEDURWKV_ENTRY(double)
 #undef MEDURWKV_ENTRY
 
-// Splits the channels of each batch row into n_split contiguous ranges (multiples of kW wide)
-// so that B * n_split tasks keep every thread busy.
-struct Split {
-  int64_t n_split, width;
+// Work split: the full tiles of each batch row are cut into `groups` contiguous groups so that
+// B * groups tasks keep every thread busy; the channels after the last full tile form one more,
+// zero-padded tile (its own task) per batch row.
+struct Tiling {
+  int64_t B, T, C, full, rem;  // full tiles per row; channels in the padded tile (0: none)
+  int64_t groups, per_group;   // groups of full tiles per row, tiles per group (the last may have fewer)
+  int64_t per_row() const { return groups + (rem > 0 ? 1 : 0); }
+  int64_t count() const { return B * per_row(); }
 };
 
-Split make_split(int64_t B, int64_t C) {
+Tiling make_tiling(const torch::Tensor& k) {
+  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
+  const int64_t full = C / kLanes, rem = C % kLanes;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t max_split = (C + kW - 1) / kW;
-  const int64_t want = (threads + B - 1) / B;
-  int64_t n = std::max<int64_t>(1, std::min(max_split, want));
-  int64_t width = (C + n - 1) / n;
-  width = ((width + kW - 1) / kW) * kW;
-  n = (C + width - 1) / width;
-  return {n, width};
+  int64_t groups = std::min(full, (threads + B - 1) / B);
+  const int64_t per_group = groups > 0 ? (full + groups - 1) / groups : 0;
+  groups = per_group > 0 ? (full + per_group - 1) / per_group : 0;
+  return {B, T, C, full, rem, groups, per_group};
 }
 
-template <typename T>
-std::unique_ptr<T[]> uninit(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
+// Scratch (in vec units) of one task over n tiles; see the entry points for the layout.
+int64_t scratch_size(bool backward, int64_t T, int64_t n) {
+  return (backward ? 13 : 7) * n + 5 * kL + (backward ? 4 : 2) * num_blocks(T) * n;
+}
+
+// Aligned scratch of vec values (operator new[] honours the vector type's alignment).
+std::unique_ptr<vec[]> vec_scratch(int64_t n) { return std::unique_ptr<vec[]>(new vec[n]); }
+
+// A zero-padded [T, kLanes] copy of channels [c0, c0 + rem) of x[b] (rem < kLanes), and back.
+template <typename scalar_t>
+void pad_in(const scalar_t* x, const Tiling& tg, int64_t b, scalar_t* out) {
+  const int64_t c0 = tg.full * kLanes;
+  for (int64_t t = 0; t < tg.T; ++t) {
+    const scalar_t* src = x + (b * tg.T + t) * tg.C + c0;
+    scalar_t* dst = out + t * kLanes;
+    for (int l = 0; l < kLanes; ++l) dst[l] = l < tg.rem ? src[l] : scalar_t(0);
+  }
+}
+template <typename scalar_t>
+void pad_out(const scalar_t* in, const Tiling& tg, int64_t b, scalar_t* x) {
+  const int64_t c0 = tg.full * kLanes;
+  for (int64_t t = 0; t < tg.T; ++t)
+    std::copy(in + t * kLanes, in + t * kLanes + tg.rem, x + (b * tg.T + t) * tg.C + c0);
 }
 
 void check_args(const torch::Tensor& w, const torch::Tensor& u, const torch::Tensor& k,
@@ -327,35 +456,46 @@ void check_args(const torch::Tensor& w, const torch::Tensor& u, const torch::Ten
 std::tuple<torch::Tensor, bool> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k,
                                                torch::Tensor v) {
   check_args(w, u, k, v);
-  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
+  const Tiling tg = make_tiling(k);
   auto wd = w.to(torch::kDouble).contiguous();
   auto ud = u.to(torch::kDouble).contiguous();
   auto y = torch::empty_like(k);
-  const Split sp = make_split(B, C);
-  std::vector<char> ok_task(static_cast<size_t>(B * sp.n_split), 1);
+  std::vector<char> ok_tile(static_cast<size_t>(tg.count()), 1);
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_forward", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     const double* wp = wd.data_ptr<double>();
     const double* up = ud.data_ptr<double>();
-    at::parallel_for(0, B * sp.n_split, 1, [&](int64_t begin, int64_t end) {
-      auto scratch_own = uninit<scalar_t>(2 * T * sp.width);
-      auto dbuf_own = uninit<double>(6 * sp.width);
-      scalar_t* scratch = scratch_own.get();
-      double* dbuf = dbuf_own.get();
+    at::parallel_for(0, tg.count(), 1, [&](int64_t begin, int64_t end) {
+      auto scratch = vec_scratch(scratch_size(false, tg.T, std::max<int64_t>(1, tg.per_group)));
+      std::vector<scalar_t> pad;  // k, v, y of a padded tile
+      double wpad[kLanes] = {}, upad[kLanes] = {};
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / sp.n_split, c0 = (task % sp.n_split) * sp.width;
-        Task tk{T, C, std::min(sp.width, C - c0), dbuf, dbuf + sp.width,
-                dbuf + 2 * sp.width};
-        double* st = dbuf + 3 * sp.width;  // kmin in prepare, then 2 running sums
-        const int64_t off = b * T * C + c0;
-        if (!run_forward(kp + off, vp + off, yp + off, wp + c0, up + c0, tk, scratch, st))
-          ok_task[task] = 0;
+        const int64_t b = task / tg.per_row(), g = task % tg.per_row();
+        bool ok;
+        if (g < tg.groups) {
+          const int64_t c0 = g * tg.per_group * kLanes;
+          const int64_t n = std::min(tg.per_group, tg.full - g * tg.per_group);
+          const int64_t off = b * tg.T * tg.C + c0;
+          ok = run_forward(kp + off, vp + off, yp + off, wp + c0, up + c0, n * kLanes, tg.T, tg.C, n,
+                           scratch.get());
+        } else {
+          const int64_t c0 = tg.full * kLanes, n = tg.T * kLanes;
+          pad.resize(static_cast<size_t>(3 * n));
+          scalar_t* q = pad.data();
+          pad_in(kp, tg, b, q);
+          pad_in(vp, tg, b, q + n);
+          std::copy(wp + c0, wp + tg.C, wpad);
+          std::copy(up + c0, up + tg.C, upad);
+          ok = run_forward(q, q + n, q + 2 * n, wpad, upad, tg.rem, tg.T, kLanes, 1, scratch.get());
+          pad_out(q + 2 * n, tg, b, yp);
+        }
+        if (!ok) ok_tile[task] = 0;
       }
     });
   });
-  const bool ok = std::all_of(ok_task.begin(), ok_task.end(), [](char c) { return c != 0; });
+  const bool ok = std::all_of(ok_tile.begin(), ok_tile.end(), [](char c) { return c != 0; });
   return std::make_tuple(y, ok);
 }
 
@@ -366,14 +506,13 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
   TORCH_CHECK(y.sizes() == k.sizes() && gy.sizes() == k.sizes(), "bi_wkv_cpu: y, gy must match k");
   y = y.to(k.scalar_type()).contiguous();
   gy = gy.to(k.scalar_type()).contiguous();
-  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
+  const Tiling tg = make_tiling(k);
   auto wd = w.to(torch::kDouble).contiguous();
   auto ud = u.to(torch::kDouble).contiguous();
   auto gk = torch::empty_like(k);
   auto gv = torch::empty_like(k);
-  auto gwp = torch::zeros({B, C}, k.options().dtype(torch::kDouble));
-  auto gup = torch::zeros({B, C}, k.options().dtype(torch::kDouble));
-  const Split sp = make_split(B, C);
+  auto gwp = torch::zeros({tg.B, tg.C}, k.options().dtype(torch::kDouble));
+  auto gup = torch::zeros({tg.B, tg.C}, k.options().dtype(torch::kDouble));
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_backward", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
@@ -385,19 +524,33 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
     double* gupp = gup.data_ptr<double>();
     const double* wp = wd.data_ptr<double>();
     const double* up = ud.data_ptr<double>();
-    at::parallel_for(0, B * sp.n_split, 1, [&](int64_t begin, int64_t end) {
-      auto scratch_own = uninit<scalar_t>(3 * T * sp.width);
-      auto dbuf_own = uninit<double>(11 * sp.width);
-      scalar_t* scratch = scratch_own.get();
-      double* dbuf = dbuf_own.get();
+    at::parallel_for(0, tg.count(), 1, [&](int64_t begin, int64_t end) {
+      auto scratch = vec_scratch(scratch_size(true, tg.T, std::max<int64_t>(1, tg.per_group)));
+      std::vector<scalar_t> pad;  // k, v, y, gy, gk, gv of a padded tile
+      double wpad[kLanes] = {}, upad[kLanes] = {};
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / sp.n_split, c0 = (task % sp.n_split) * sp.width;
-        Task tk{T, C, std::min(sp.width, C - c0), dbuf, dbuf + sp.width,
-                dbuf + 2 * sp.width};
-        double* st = dbuf + 3 * sp.width;  // kmin in prepare, then 8 running sums
-        const int64_t off = b * T * C + c0;
-        run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off,
-                     gwpp + b * C + c0, gupp + b * C + c0, wp + c0, up + c0, tk, scratch, st);
+        const int64_t b = task / tg.per_row(), g = task % tg.per_row();
+        if (g < tg.groups) {
+          const int64_t c0 = g * tg.per_group * kLanes;
+          const int64_t n = std::min(tg.per_group, tg.full - g * tg.per_group);
+          const int64_t off = b * tg.T * tg.C + c0;
+          run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off, gwpp + b * tg.C + c0,
+                       gupp + b * tg.C + c0, wp + c0, up + c0, n * kLanes, tg.T, tg.C, n, scratch.get());
+        } else {
+          const int64_t c0 = tg.full * kLanes, n = tg.T * kLanes;
+          pad.resize(static_cast<size_t>(6 * n));
+          scalar_t* q = pad.data();
+          pad_in(kp, tg, b, q);
+          pad_in(vp, tg, b, q + n);
+          pad_in(yp, tg, b, q + 2 * n);
+          pad_in(gyp, tg, b, q + 3 * n);
+          std::copy(wp + c0, wp + tg.C, wpad);
+          std::copy(up + c0, up + tg.C, upad);
+          run_backward(q, q + n, q + 2 * n, q + 3 * n, q + 4 * n, q + 5 * n, gwpp + b * tg.C + c0,
+                       gupp + b * tg.C + c0, wpad, upad, tg.rem, tg.T, kLanes, 1, scratch.get());
+          pad_out(q + 4 * n, tg, b, gkp);
+          pad_out(q + 5 * n, tg, b, gvp);
+        }
       }
     });
   });

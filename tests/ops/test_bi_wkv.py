@@ -58,10 +58,33 @@ def test_matches_reference_float64(backend, T):
     assert rel(y, _REF_CACHE[T]) < 1e-11
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B,T,C", [(1, 64, 16), (2, 65, 37), (3, 129, 48), (1, 300, 200)])
+def test_cpu_kernel_work_split_matches_reference(B, T, C, threads):
+    """The CPU kernel's tiling: full 16-channel tiles, tiles grouped per thread, the zero-padded
+    tail tile, and time blocks of 64 steps (exact, one step over, several partial)."""
+    w, u, k, v = make_inputs(B, T, C, seed=B * T + C)
+    gy = torch.randn(B, T, C, dtype=torch.float64, generator=torch.Generator().manual_seed(C))
+    ref_in = [x.clone().requires_grad_(True) for x in (w, u, k, v)]
+    y_ref = bi_wkv_ref(*ref_in)
+    ref_grads = torch.autograd.grad(y_ref, ref_in, gy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ins = [x.clone().requires_grad_(True) for x in (w, u, k, v)]
+        y = bi_wkv(*ins, backend="cpu")
+        grads = torch.autograd.grad(y, ins, gy)
+    finally:
+        torch.set_num_threads(before)
+    assert rel(y, y_ref) < 1e-11
+    for name, g, r in zip("wukv", grads, ref_grads):
+        assert rel(g, r) < 1e-10, name
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("T", [4096, 16384])
 def test_float32_close_to_float64(backend, T):
-    w, u, k, v = make_inputs(1, T, 5, device=_device(backend), seed=1)
+    w, u, k, v = make_inputs(1, T, 21, device=_device(backend), seed=1)  # one full CPU tile + a padded one
     # float64 answer from the other linear backend (the O(T^2) reference does not fit in memory)
     other = "torch" if backend != "torch" else "cpu"
     y64 = bi_wkv(w, u, k, v, backend=other)
@@ -87,8 +110,8 @@ def test_gradcheck_float64(backend, T):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_gradients_close_to_float64_reference(backend):
-    w, u, k, v = make_inputs(2, 196, 5, seed=4)
-    gy = torch.randn(2, 196, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    w, u, k, v = make_inputs(2, 196, 21, seed=4)
+    gy = torch.randn(2, 196, 21, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     ref_in = [x.clone().requires_grad_(True) for x in (w, u, k, v)]
     ref_grads = torch.autograd.grad(bi_wkv_ref(*ref_in), ref_in, gy)
     dev = _device(backend)
