@@ -6,11 +6,11 @@ from .weights import (
     adapt_input_conv,
     checkpoint_filter_fn,
     convert_weights,
+    hub_sha256,
     load_checkpoint,
     load_vrwkv_weights,
     register_pretrained,
     resolve_source,
-    sha256sum,
 )
 
 __all__ = [
@@ -20,9 +20,9 @@ __all__ = [
     "adapt_input_conv",
     "checkpoint_filter_fn",
     "convert_weights",
+    "hub_sha256",
     "load_checkpoint",
     "load_vrwkv_weights",
     "register_pretrained",
     "resolve_source",
-    "sha256sum",
 ]

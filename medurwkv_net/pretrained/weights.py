@@ -16,9 +16,9 @@ preferred.)
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ __all__ = [
     "load_vrwkv_weights",
     "convert_weights",
     "LoadReport",
-    "sha256sum",
+    "hub_sha256",
 ]
 
 
@@ -66,8 +66,8 @@ class PretrainedCfg:
 
 
 # The upstream files could not be reached from the development machines, so no commit hash or SHA-256 is
-# pinned yet: fill ``revision`` and ``sha256`` once they have been read from the Hub (`huggingface-cli
-# download OpenGVLab/Vision-RWKV vrwkv_t_in1k_224.pth` then `sha256sum`).
+# pinned yet: fill ``revision`` and ``sha256`` once they have been read from the Hub (the file page shows
+# the LFS SHA-256). Until then every download is checked against the hash the Hub publishes for it.
 PRETRAINED_CFGS: Dict[str, PretrainedCfg] = {
     "vrwkv_t_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_t_in1k_224.pth", variant="tiny",
                                       architecture="VRWKV-T ImageNet-1K 224"),
@@ -87,12 +87,17 @@ def register_pretrained(name: str, cfg: PretrainedCfg, overwrite: bool = False) 
     PRETRAINED_CFGS[name] = cfg
 
 
-def sha256sum(path: Union[str, os.PathLike]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def hub_sha256(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The SHA-256 the Hub published for a file fetched into the ``huggingface_hub`` cache, or None.
+
+    The cache keeps each file once as ``blobs/<etag>`` and links it from ``snapshots/<commit>/``. For
+    files stored with Git LFS (weight files are) the ETag is the SHA-256 of the content, so the blob
+    name is the hash to check the bytes against; None for files outside the cache or not in LFS.
+    """
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    return None
 
 
 def _parse_hf(source: str) -> Tuple[str, str, Optional[str]]:
@@ -125,6 +130,9 @@ def _hf_download(repo_id: str, filename: str, revision: Optional[str], cache_dir
 def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = None) -> Tuple[str, Optional[str]]:
     """Turn a weight source into a local file path; returns ``(path, expected_sha256_or_None)``.
 
+    The expected hash of a registry entry is its pinned ``sha256``; otherwise, for anything fetched
+    from the Hub, the SHA-256 the Hub published for the file (:func:`hub_sha256`).
+
     Raises:
         ValueError: malformed ``hf://`` source or unknown registry name.
         FileNotFoundError: local file missing or download failure (message names the file).
@@ -132,12 +140,13 @@ def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = N
     src = os.fspath(source)
     if src.startswith("hf://"):
         repo_id, filename, revision = _parse_hf(src)
-        return _hf_download(repo_id, filename, revision, cache_dir), None
+        path = _hf_download(repo_id, filename, revision, cache_dir)
+        return path, hub_sha256(path)
     name = _ALIASES.get(src, src)
     if name in PRETRAINED_CFGS:
         cfg = PRETRAINED_CFGS[name]
         path = _hf_download(cfg.hf_hub_id, cfg.filename, cfg.revision, cache_dir)
-        return path, cfg.sha256
+        return path, cfg.sha256 or hub_sha256(path)
     p = Path(src).expanduser()
     if p.is_file():
         return str(p), None
@@ -152,25 +161,12 @@ def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = N
 def load_checkpoint(path: Union[str, os.PathLike], sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat ``{key: tensor}`` dict (wrappers ``state_dict``/``model`` removed).
 
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``.
-    If ``sha256`` is given the file hash must match.
+    Reading goes through :func:`medurwkv_net.reliability.safe_load_weights`: the SHA-256 check first when
+    ``sha256`` is given, then safetensors or ``torch.load(weights_only=True)``; its errors name the file.
     """
-    path = os.fspath(path)
-    if sha256 is not None:
-        actual = sha256sum(path)
-        if actual.lower() != sha256.lower():
-            raise ValueError(f"SHA-256 mismatch for {path}: expected {sha256.lower()}, got {actual}. "
-                             "The file is corrupt or not the pinned release; delete it from the cache.")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    from ..reliability.weights import safe_load_weights
 
-            obj: Any = load_file(path, device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"Could not read checkpoint {path}: {type(e).__name__}: {e}") from e
-    return _unwrap(obj, path)
+    return _unwrap(safe_load_weights(path, expected_sha256=sha256), os.fspath(path))
 
 
 def _unwrap(obj: Any, where: str) -> Dict[str, torch.Tensor]:

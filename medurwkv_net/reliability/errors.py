@@ -6,15 +6,15 @@ class ReliabilityError(RuntimeError):
     """Base class of the errors of this package."""
 
 
-class WeightsIntegrityError(ReliabilityError):
+class WeightsIntegrityError(ReliabilityError, ValueError):
     """A weight file does not have the expected sha256 (tampered, truncated or wrong file)."""
 
 
-class UnsafeWeightsError(ReliabilityError):
+class UnsafeWeightsError(ReliabilityError, ValueError):
     """A weight file contains pickled objects that ``torch.load(weights_only=True)`` refuses."""
 
 
-class CorruptWeightsError(ReliabilityError):
+class CorruptWeightsError(ReliabilityError, ValueError):
     """A weight file cannot be read (truncated, not a torch/safetensors file)."""
 
 

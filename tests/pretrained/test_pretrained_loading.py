@@ -14,9 +14,10 @@ from medurwkv_net.pretrained import (
     PretrainedCfg,
     adapt_input_conv,
     checkpoint_filter_fn,
+    hub_sha256,
     register_pretrained,
-    sha256sum,
 )
+from medurwkv_net.reliability import WeightsIntegrityError, file_sha256
 
 REPO = "testowner/vision-rwkv-ref"
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -52,6 +53,44 @@ def test_hf_offline_cache_gives_reference(mini, hf_offline_cache):
         _assert_reference(_features(model, io["x_odd"]), io["feats_odd_paperwkv"])
 
 
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_hub_download_checked_against_published_sha256(mini, hf_offline_cache, monkeypatch, damage):
+    """Without a pinned hash, a Hub file is checked against the SHA-256 the Hub published for it
+    (the blob name in the huggingface_hub cache); a damaged cached copy is refused, not loaded."""
+    io, ckpt = mini
+    cache = hf_offline_cache("OpenGVLab/Vision-RWKV", {"vrwkv_mini_test.pth": ckpt})
+    published = file_sha256(ckpt)
+    monkeypatch.setitem(PRETRAINED_CFGS, "mini_unpinned",
+                        PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_mini_test.pth", variant="mini"))
+    model = VRWKV(**io["config"])
+    report = load_vrwkv_weights(model, "mini_unpinned")
+    assert hub_sha256(report.source) == published
+    _assert_reference(_features(model, io["x224"]), io["feats224_paperwkv"])
+
+    blob = next(cache.glob(f"models--OpenGVLab--Vision-RWKV/blobs/{published}"))
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
+    damaged = file_sha256(blob)
+    fresh = VRWKV(**io["config"])
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for source in ("mini_unpinned", "hf://OpenGVLab/Vision-RWKV/vrwkv_mini_test.pth"):
+        with pytest.raises(WeightsIntegrityError, match=f"vrwkv_mini_test.pth.*expected {published}, got {damaged}"):
+            load_vrwkv_weights(fresh, source)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+def test_hub_sha256_only_for_cache_blobs(tmp_path, mini):
+    _, ckpt = mini
+    assert hub_sha256(ckpt) is None
+    named = tmp_path / "blobs" / ("a" * 64)
+    named.parent.mkdir()
+    named.write_bytes(b"x")
+    link = tmp_path / "weights.pth"
+    link.symlink_to(named)
+    assert hub_sha256(link) == "a" * 64
+    assert hub_sha256(tmp_path / "blobs" / "notahash") is None
+
+
 def test_hf_missing_file_names_repo_and_file(hf_offline_cache):
     hf_offline_cache(REPO, {}, commit=COMMIT)
     with pytest.raises(FileNotFoundError, match="nothere.pth.*testowner/vision-rwkv-ref"):
@@ -61,7 +100,7 @@ def test_hf_missing_file_names_repo_and_file(hf_offline_cache):
 def test_registry_sha256_verified(mini, hf_offline_cache, monkeypatch):
     io, ckpt = mini
     hf_offline_cache("OpenGVLab/Vision-RWKV", {"vrwkv_mini_test.pth": ckpt})
-    good = sha256sum(ckpt)
+    good = file_sha256(ckpt)
     monkeypatch.setitem(PRETRAINED_CFGS, "mini_good",
                         PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_mini_test.pth", sha256=good, variant="mini"))
     model = VRWKV(**io["config"])
@@ -70,7 +109,7 @@ def test_registry_sha256_verified(mini, hf_offline_cache, monkeypatch):
     bad = "0" * 64
     monkeypatch.setitem(PRETRAINED_CFGS, "mini_bad",
                         PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_mini_test.pth", sha256=bad, variant="mini"))
-    with pytest.raises(ValueError, match=f"SHA-256 mismatch.*vrwkv_mini_test.pth.*{bad}.*{good}"):
+    with pytest.raises(WeightsIntegrityError, match=f"sha256 mismatch.*vrwkv_mini_test.pth.*expected {bad}, got {good}"):
         load_vrwkv_weights(VRWKV(**io["config"]), "mini_bad")
     with pytest.raises(ValueError, match="already registered"):
         register_pretrained("mini_good", PRETRAINED_CFGS["mini_good"])
@@ -143,7 +182,7 @@ def test_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="Unknown weight source 'not_a_model'"):
         load_vrwkv_weights(model, "not_a_model")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="Could not read checkpoint .*junk.pth"):
+    with pytest.raises(ValueError, match="cannot read .*junk.pth"):
         load_vrwkv_weights(model, tmp_path / "junk.pth")
     torch.save({"state_dict": {"a": 1}}, tmp_path / "nontensor.pth")
     with pytest.raises(ValueError, match="not tensors"):
