@@ -24,6 +24,10 @@ with the same ids. What the options mean:
 ``intensity``
     ``"minmax"``: each image is scaled to [0, 1] (MRI/CT slices); ``"imagenet"``: 8-bit input
     divided by 255 then normalised with the ImageNet mean/std (use with the pretrained encoder).
+``flip_axes``, ``rotate90`` (training only)
+    random flips along these spatial axes and random 90-degree rotations; the defaults (both axes,
+    rotations) are for images whose orientation carries no meaning, ``[0]`` and ``false`` keep the
+    anatomical orientation of registered slices (the demo).
 ``label_mode``
     how a label file becomes class indices: ``"index"``: the file holds the indices 0..num_classes-1
     (NIfTI label maps, the demo); ``"mask"``: a binary mask of a 2D photograph (or a list of masks to
@@ -214,11 +218,18 @@ def train_transforms(
     label_mode: str = "index",
     label_threshold: float | None = None,
     num_samples: int = 4,
+    flip_axes: Sequence[int] = (0, 1),
+    rotate90: bool = True,
 ) -> Compose:
     """Training chain: load, channels, labels, intensity, (resize), then random crop/flip/rot90/intensity.
 
     Deterministic transforms come first so that ``CacheDataset`` caches their result.
     ``num_samples`` crops are drawn per image in ``"crop"`` mode (ignored for ``"resize"``).
+    ``flip_axes``: spatial axes each flipped with probability 0.5; ``rotate90``: random multiples of 90
+    degrees in the first two spatial axes. The defaults (both axes, rotations) suit images whose
+    orientation carries no meaning (dermoscopy, endoscopy, histology); images in a standard anatomical
+    orientation (e.g. slices registered to MNI space) keep it with ``flip_axes=[0]`` (left-right, the
+    brain's near symmetry) and ``rotate90=False``.
     """
     keys = ["image", "label"]
     chain = _deterministic(
@@ -229,10 +240,10 @@ def train_transforms(
             SpatialPadd(keys=keys, spatial_size=spatial_size),
             RandSpatialCropSamplesd(keys=keys, roi_size=spatial_size, num_samples=num_samples, random_size=False),
         ]
+    chain += [RandFlipd(keys=keys, spatial_axis=int(axis), prob=0.5) for axis in flip_axes]
+    if rotate90:
+        chain.append(RandRotate90d(keys=keys, prob=0.5, max_k=3))
     chain += [
-        RandFlipd(keys=keys, spatial_axis=0, prob=0.5),
-        RandFlipd(keys=keys, spatial_axis=1, prob=0.5),
-        RandRotate90d(keys=keys, prob=0.5, max_k=3),
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),  # plain tensors: faster batches

@@ -239,6 +239,8 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
     cfg["max_epochs"] = 100
     cfg["batch_size"] = 8
     cfg["learning_rate"] = 0.0001
+    cfg["flip_axes"] = [0, 1]  # photographs, histology, radiographs: no anatomical orientation to keep
+    cfg["rotate90"] = True
     for h in cfg["train"]["handlers"]:
         if h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not class-index files
             h["label_mode"] = "@label_mode"

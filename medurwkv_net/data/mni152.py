@@ -10,11 +10,21 @@ Labels (one per voxel, uint8):
 * 1 grey matter and 2 white matter: otherwise, whichever probability is larger (ties go to GM).
 
 Slices: the axial slices (third array axis) whose labelled tissue covers at least
-``MIN_TISSUE_FRACTION`` of the slice form the usable range. It is cut into a repeating cycle of
-blocks ``train(10) gap(5) val(4) gap(5) train(10) gap(5) test(4) gap(5)``, so every split samples the
-whole brain from bottom to top while any two slices of different splits are at least ``GAP + 1``
-slices apart (no neighbouring-slice leakage). Train, validation and test are thus disjoint unions
-of slice ranges; :func:`split_slices` is the single definition of the split.
+``MIN_TISSUE_FRACTION`` of the slice form the usable range (z = 10..149 for the 2009a template). It is
+cut into blocks, from bottom to top::
+
+    train | gap | val | gap | train | gap | test | gap | train | ... | test | gap | train
+
+``EVAL_ORDER`` lists the held-out blocks (``EVAL_BLOCK`` slices each, validation and test alternating,
+three of each); a training block lies below the first, between every two and above the last, and
+``GAP`` unused slices separate every two neighbouring blocks. The slices left over go to the training
+blocks, as evenly as possible (lower blocks first). So every validation and test block is flanked by
+training slices on both sides (the model interpolates between brain shapes it has seen instead of
+extrapolating past the top or bottom of the brain), every split samples the brain from bottom to top,
+and any two slices of different splits are at least ``GAP + 1`` slices apart (no neighbouring-slice
+leakage). For the 2009a template: 56 training slices in 7 blocks of 8, 12 validation and 12 test
+slices in 3 blocks of 4 each. Train, validation and test are thus disjoint unions of slice ranges;
+:func:`split_slices` is the single definition of the split.
 
 Files written under ``dataset_dir`` (2D NIfTI, 1 mm pixels, affine of the slice in MNI space)::
 
@@ -40,6 +50,8 @@ import numpy as np
 __all__ = [
     "BACKGROUND_THRESHOLD",
     "CLASS_NAMES",
+    "EVAL_BLOCK",
+    "EVAL_ORDER",
     "GAP",
     "MIN_TISSUE_FRACTION",
     "load_template",
@@ -52,12 +64,14 @@ __all__ = [
 BACKGROUND_THRESHOLD = 0.5
 #: slices whose labelled tissue covers less than this fraction of the slice are not used
 MIN_TISSUE_FRACTION = 0.02
-#: number of unused slices between blocks of different splits
+#: number of unused slices between two neighbouring blocks (always of different splits)
 GAP = 5
-#: block lengths of one cycle: (split, number of slices)
-CYCLE = (("training", 10), ("validation", 4), ("training", 10), ("test", 4))
+#: slices in each validation or test block
+EVAL_BLOCK = 4
+#: the held-out blocks from bottom to top; training blocks lie below, between and above them
+EVAL_ORDER = ("validation", "test", "validation", "test", "validation", "test")
 CLASS_NAMES = ("background", "grey_matter", "white_matter")
-_VERSION = 1  # bump when the preparation changes; older folders are then rewritten
+_VERSION = 2  # bump when the preparation changes; older folders are then rewritten
 
 
 def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +104,12 @@ def make_labels(p_gm: np.ndarray, p_wm: np.ndarray, threshold: float = BACKGROUN
 
 
 def split_slices(labels: np.ndarray, min_tissue_fraction: float = MIN_TISSUE_FRACTION) -> dict[str, list[int]]:
-    """Axial slice indices of each split (``training``, ``validation``, ``test``) for a 3D label volume."""
+    """Axial slice indices of each split (``training``, ``validation``, ``test``) for a 3D label volume.
+
+    Layout (module docstring): training blocks at both ends of the usable range and between the held-out
+    blocks of ``EVAL_ORDER`` (``EVAL_BLOCK`` slices each), ``GAP`` unused slices between neighbours.
+    Raises ``ValueError`` when the usable range is too short to give every training block a slice.
+    """
     if labels.ndim != 3:
         raise ValueError(f"labels must be a 3D volume, got shape {labels.shape}")
     fraction = (labels > 0).reshape(-1, labels.shape[2]).mean(axis=0)
@@ -98,18 +117,26 @@ def split_slices(labels: np.ndarray, min_tissue_fraction: float = MIN_TISSUE_FRA
     if usable.size == 0:
         raise ValueError(f"no axial slice has a tissue fraction >= {min_tissue_fraction}")
     z, z_end = int(usable[0]), int(usable[-1]) + 1
+    n_train_blocks = len(EVAL_ORDER) + 1
+    n_train = (z_end - z) - len(EVAL_ORDER) * EVAL_BLOCK - 2 * len(EVAL_ORDER) * GAP
+    if n_train < n_train_blocks:
+        raise ValueError(
+            f"the usable axial range z = {z}..{z_end - 1} ({z_end - z} slices) is too short for "
+            f"{len(EVAL_ORDER)} held-out blocks of {EVAL_BLOCK} slices, {n_train_blocks} training blocks "
+            f"and gaps of {GAP} slices"
+        )
+    base, extra = divmod(n_train, n_train_blocks)
+    train_lengths = [base + (i < extra) for i in range(n_train_blocks)]
+    blocks: list[tuple[str, int]] = [("training", train_lengths[0])]
+    for name, length in zip(EVAL_ORDER, train_lengths[1:]):
+        blocks += [(name, EVAL_BLOCK), ("training", length)]
     splits: dict[str, list[int]] = {"training": [], "validation": [], "test": []}
-    previous = None
-    while z < z_end:
-        for name, length in CYCLE:
-            if previous is not None and previous != name:
-                z += GAP
-            block = list(range(z, min(z + length, z_end)))
-            splits[name].extend(block)
-            z += length
-            previous = name
-            if z >= z_end:
-                break
+    for i, (name, length) in enumerate(blocks):
+        if i:
+            z += GAP
+        splits[name].extend(range(z, z + length))
+        z += length
+    assert z == z_end, (z, z_end)  # the blocks and gaps tile the usable range exactly
     return splits
 
 
@@ -149,7 +176,8 @@ def _preparation_record(threshold: float, min_tissue_fraction: float) -> dict:
         "background_threshold": threshold,
         "min_tissue_fraction": min_tissue_fraction,
         "gap": GAP,
-        "cycle": [list(c) for c in CYCLE],
+        "eval_block": EVAL_BLOCK,
+        "eval_order": list(EVAL_ORDER),
         "classes": list(CLASS_NAMES),
     }
 

@@ -107,6 +107,12 @@ def test_prepare_is_idempotent_with_disjoint_gapped_splits(dataset_dir):
     assert len(z["training"]) >= 40 and len(z["validation"]) >= 8 and len(z["test"]) >= 8
     for a, b in (("training", "validation"), ("training", "test"), ("validation", "test")):
         assert np.abs(z[a][:, None] - z[b][None, :]).min() > mni152.GAP, (a, b)
+    # the datalist is split_slices' split (the layout itself is tested in tests/data/test_mni152_split.py):
+    # every held-out slice has training slices both below and above it
+    _, p_gm, p_wm, _ = mni152.load_template()
+    assert {k: v.tolist() for k, v in z.items()} == mni152.split_slices(mni152.make_labels(p_gm, p_wm))
+    for k in ("validation", "test"):
+        assert z["training"].min() < z[k].min() and z[k].max() < z["training"].max(), k
     lab = nib.load(dataset_dir / datalist["test"][0]["label"])
     img = nib.load(dataset_dir / datalist["test"][0]["image"])
     assert lab.shape == img.shape == (197, 233)
@@ -115,6 +121,11 @@ def test_prepare_is_idempotent_with_disjoint_gapped_splits(dataset_dir):
     (dataset_dir / datalist["validation"][0]["label"]).unlink()
     mni152.prepare(dataset_dir)
     assert (dataset_dir / datalist["validation"][0]["label"]).is_file()
+    # a folder prepared with another split layout (older version) is rewritten
+    stale = {**datalist, "preparation": {**datalist["preparation"], "version": 1}}
+    datalist_file.write_text(json.dumps(stale))
+    mni152.prepare(dataset_dir)
+    assert json.loads(datalist_file.read_text())["preparation"] == datalist["preparation"]
 
 
 def test_labels_follow_threshold():

@@ -80,6 +80,30 @@ def test_train_and_eval_chains(tmp_path):
         bundle.eval_transforms(1, [16, 16], intensity="zscore")
 
 
+def test_train_chain_spatial_augmentation_options(tmp_path):
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 3, (32, 32)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(lab.astype(np.float32), np.eye(4)), tmp_path / "i.nii.gz")
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "l.nii.gz")
+    item = {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz")}
+    variants = {"identity": lab, "flip0": lab[::-1]}
+
+    def seen(**kwargs) -> set[str]:
+        chain = bundle.train_transforms(1, [32, 32], num_samples=1, **kwargs)  # the crop is the whole slice
+        chain.set_random_state(seed=0)
+        names = set()
+        for _ in range(40):
+            out = chain(item)[0]["label"][0].numpy()
+            names.add(next((n for n, v in variants.items() if np.array_equal(out, v)), "other"))
+        return names
+
+    # anatomical orientation kept: left-right flips only
+    assert seen(flip_axes=[0], rotate90=False) == {"identity", "flip0"}
+    assert seen(flip_axes=[], rotate90=False) == {"identity"}
+    # the default also flips the other axis and rotates
+    assert "other" in seen()
+
+
 def test_list_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         bundle.list_images(str(tmp_path / "missing"))
