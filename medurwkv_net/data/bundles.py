@@ -241,6 +241,10 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
     cfg["learning_rate"] = 0.0001
     cfg["flip_axes"] = [0, 1]  # photographs, histology, radiographs: no anatomical orientation to keep
     cfg["rotate90"] = True
+    cfg["intensity_scale"] = 0.1  # photographs from many devices
+    cfg["intensity_shift"] = 0.1
+    # Dice over the whole batch: releases with empty masks (BUSI's normal cases) give no per-image Dice
+    cfg["loss"]["batch"] = True
     for h in cfg["train"]["handlers"]:
         if h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not class-index files
             h["label_mode"] = "@label_mode"

@@ -104,6 +104,31 @@ def test_train_chain_spatial_augmentation_options(tmp_path):
     assert "other" in seen()
 
 
+def test_train_chain_intensity_augmentation_option(tmp_path):
+    img = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(32, 32)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "i.nii.gz")
+    nib.save(nib.Nifti1Image((img > 0.5).astype(np.uint8), np.eye(4)), tmp_path / "l.nii.gz")
+    item = {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz")}
+
+    def changed(**kwargs) -> int:
+        chain = bundle.train_transforms(1, [32, 32], num_samples=1, flip_axes=[], rotate90=False, **kwargs)
+        chain.set_random_state(seed=0)
+        outs = [chain(item)[0]["image"][0].numpy() for _ in range(20)]
+        return sum(not np.allclose(o, img, atol=1e-6) for o in outs)
+
+    assert changed(intensity_scale=0, intensity_shift=0) == 0  # [0, 1] min-max scaled image, untouched
+    assert changed() > 0  # default: random scale / shift
+    chain = bundle.train_transforms(1, [32, 32], num_samples=1, flip_axes=[], rotate90=False,
+                                    intensity_scale=0.15, intensity_shift=0)
+    chain.set_random_state(seed=0)
+    factors = []
+    for _ in range(40):
+        out = chain(item)[0]["image"][0].numpy()
+        factors.append(out.max())  # the image is scaled only: its max is the factor, its min stays 0
+        assert out.min() == 0 and np.allclose(out, img * out.max(), atol=1e-5)
+    assert min(factors) < 1 < max(factors) and 0.85 - 1e-6 <= min(factors) and max(factors) <= 1.15 + 1e-6
+
+
 def test_list_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         bundle.list_images(str(tmp_path / "missing"))
