@@ -240,6 +240,10 @@ def train_transforms(
     the random intensity scaling (``x * (1 + u)``, ``|u| <= intensity_scale``) and shift (``x + u``,
     ``|u| <= intensity_shift``), each applied with probability 0.5; 0 disables it.
     """
+    if not 0 <= intensity_scale < 1:  # a factor 1 + u <= 0 would blank or invert the image
+        raise ValueError(f"intensity_scale must be in [0, 1), got {intensity_scale!r}")
+    if not intensity_shift >= 0:
+        raise ValueError(f"intensity_shift must be >= 0, got {intensity_shift!r}")
     keys = ["image", "label"]
     chain = _deterministic(
         keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold

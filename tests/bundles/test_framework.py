@@ -127,6 +127,9 @@ def test_train_chain_intensity_augmentation_option(tmp_path):
         factors.append(out.max())  # the image is scaled only: its max is the factor, its min stays 0
         assert out.min() == 0 and np.allclose(out, img * out.max(), atol=1e-5)
     assert min(factors) < 1 < max(factors) and 0.85 - 1e-6 <= min(factors) and max(factors) <= 1.15 + 1e-6
+    for bad in ({"intensity_scale": 1.0}, {"intensity_scale": -0.1}, {"intensity_shift": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bundle.train_transforms(1, [32, 32], **bad)
 
 
 def test_list_images(tmp_path):
