@@ -1,11 +1,15 @@
 """Shared pytest fixtures.
 
-``reference_dir``: the Vision-RWKV reference vectors (shared/vrwkv_reference). Resolved from the
-``MEDURWKV_REFERENCE_DIR`` environment variable, else ``<repo>/../shared/vrwkv_reference`` (CI clones the
-repository with ``shared/`` beside it). A missing directory is a test error, not a skip.
+``reference_dir``: the Vision-RWKV reference vectors in the repository (``tests/fixtures/vrwkv_reference``:
+the two small checkpoints with the official backbone's inputs and outputs, and VRWKV-T's key list).
+``full_reference_dir``: the VRWKV-T set (34 MB, not in the repository) from ``$MEDURWKV_REFERENCE_DIR``;
+tests that need it are skipped, with that reason in the summary, when the variable is unset.
+``vrwkv_t_checkpoint``: a checkpoint in the released VRWKV-T format (every key and shape of the official
+file, random values), for tests of loading paths that need the real layout but not its values.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,21 +17,45 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _reference_dir() -> Path:
-    env = os.environ.get("MEDURWKV_REFERENCE_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "vrwkv_reference"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_ENV = "MEDURWKV_REFERENCE_DIR"
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    path = _reference_dir()
-    if not (path / "vrwkv_t_ckpt.pth").is_file():
-        pytest.fail(
-            f"Vision-RWKV reference vectors not found in {path}; set MEDURWKV_REFERENCE_DIR or place shared/ "
-            "beside the repository."
-        )
+    return FIXTURES / "vrwkv_reference"
+
+
+@pytest.fixture(scope="session")
+def full_reference_dir() -> Path:
+    env = os.environ.get(REFERENCE_ENV)
+    if not env:
+        pytest.skip(f"VRWKV-T reference vectors (34 MB) are not in the repository; set {REFERENCE_ENV} to a folder "
+                    "holding vrwkv_t_ckpt.pth and vrwkv_t_io.pt to run this test")
+    path = Path(env)
+    missing = [n for n in ("vrwkv_t_ckpt.pth", "vrwkv_t_io.pt") if not (path / n).is_file()]
+    if missing:
+        pytest.fail(f"{REFERENCE_ENV}={env} lacks {', '.join(missing)}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vrwkv_t_checkpoint(tmp_path_factory) -> Path:
+    """``vrwkv_t_ckpt.pth``: ``{'meta', 'state_dict'}`` with the official VRWKV-T keys and shapes, random values."""
+    keys = json.loads((FIXTURES / "vrwkv_reference" / "vrwkv_t_keys.json").read_text())
+    gen = torch.Generator().manual_seed(1234)
+    state = {}
+    for key, shape in keys:
+        x = torch.randn(shape, generator=gen)
+        if key.endswith(("ln0.weight", "ln1.weight", "ln2.weight")):
+            x = 1.0 + 0.1 * x
+        elif "spatial_mix" in key or "channel_mix" in key:
+            x = torch.rand(shape, generator=gen)
+        elif not key.endswith(("spatial_decay", "spatial_first")):
+            x = 0.02 * x
+        state[key] = x
+    path = tmp_path_factory.mktemp("vrwkv_t") / "vrwkv_t_ckpt.pth"
+    torch.save({"meta": {"note": "random weights in the released VRWKV-T layout"}, "state_dict": state}, path)
     return path
 
 

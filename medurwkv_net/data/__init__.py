@@ -73,10 +73,22 @@ def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", 
 def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
                      fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
                      mask_dir: str | None = None) -> str:
-    """Read the public release of DATASET (one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut)
-    unpacked under DATASET_DIR and write its datalist (official or seeded train/validation/test split)
-    to OUTPUT, printing the split sizes. ``image_dir``/``mask_dir`` name other sub-folders for the
-    images/ + masks/ layouts (tdd, nkut). Returns the path written."""
+    """Write the datalist of a public dataset unpacked under DATASET_DIR, printing the split sizes.
+
+    The split is the official one where the release has it, else seeded train/validation/test fractions.
+
+    Args:
+        dataset: one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut.
+        dataset_dir: the folder the archive(s) were unpacked into.
+        output: the datalist to write.
+        seed: seed of the split, for releases without an official one.
+        fractions: training, validation and test fractions of a seeded split.
+        image_dir: another image sub-folder, for the images/ + masks/ layouts (tdd, nkut).
+        mask_dir: another mask sub-folder, likewise.
+
+    Returns:
+        The path written.
+    """
     path = prepare_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
                             mask_dir=mask_dir)
     dl = json.loads(Path(path).read_text())

@@ -241,14 +241,3 @@ def prepare(
     datalist["preparation"] = record
     _atomic_write_bytes(datalist_path, json.dumps(datalist, indent=1).encode())
     return str(datalist_path)
-
-
-def prepare_cli(dataset_dir: str, background_threshold: float = BACKGROUND_THRESHOLD) -> str:
-    """``python -m medurwkv_net.data.mni152 DATASET_DIR``: prepare the demo data and print the datalist path."""
-    return prepare(dataset_dir, background_threshold=background_threshold)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import fire
-
-    fire.Fire(prepare_cli)

@@ -145,9 +145,3 @@ def prepare(dataset_dir: str | os.PathLike, background_threshold: float = BACKGR
     datalist["preparation"] = record
     _atomic_write_bytes(datalist_path, json.dumps(datalist, indent=1).encode())
     return str(datalist_path)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import fire
-
-    fire.Fire(prepare)

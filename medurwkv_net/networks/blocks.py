@@ -1,7 +1,7 @@
 """Vision-RWKV building blocks: Q-Shift, spatial mix, channel mix, block, patch embedding and resizing.
 
 All token tensors are channel-last ``[B, T, C]`` with ``T = prod(grid)`` in row-major order of the spatial
-grid (``grid`` is ``[H, W]`` in 2D, ``[D, H, W]`` in 3D). The semantics follow shared/DESIGN.md section 3;
+grid (``grid`` is ``[H, W]`` in 2D, ``[D, H, W]`` in 3D). The semantics follow docs/DESIGN.md section 3;
 parameter names match the released Vision-RWKV checkpoints so that a state dict loads without renaming.
 The helpers take the grid as a list so that 3D versions only need a new spatial_dims value, not new code.
 """

@@ -1,4 +1,4 @@
-"""Med-URWKV: a pure-RWKV U-Net with a (pre-trainable) Vision-RWKV encoder (shared/DESIGN.md section 4)."""
+"""Med-URWKV: a pure-RWKV U-Net with a (pre-trainable) Vision-RWKV encoder (docs/DESIGN.md section 4)."""
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -74,7 +74,7 @@ class _Project(nn.Module):
 
 class MedURWKV(nn.Module):
     """Med-URWKV ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation",
-    arXiv 2506.10858), re-implemented from the paper and our design decisions (shared/DESIGN.md section 4).
+    arXiv 2506.10858), re-implemented from the paper and our design decisions (docs/DESIGN.md section 4).
 
     Architecture (2D, strides relative to the padded input):
 

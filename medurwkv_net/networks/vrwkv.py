@@ -11,7 +11,7 @@ from .blocks import PatchEmbed, VRWKVBlock, resize_pos_embed, tokens_to_grid
 
 __all__ = ["VRWKV", "VRWKV_VARIANTS", "vrwkv_tiny", "vrwkv_small", "vrwkv_base", "create_vrwkv"]
 
-#: Published settings of the released ImageNet-1K models (shared/DESIGN.md section 3).
+#: Published settings of the released ImageNet-1K models (docs/DESIGN.md section 3).
 VRWKV_VARIANTS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(embed_dims=192, depth=12, post_norm=False, init_values=None, key_norm=False),
     "small": dict(embed_dims=384, depth=12, post_norm=True, init_values=1e-5, key_norm=False),
@@ -31,7 +31,7 @@ def _as_tuple(value: Union[int, Sequence[int]], n: int, name: str) -> Tuple[int,
 
 class VRWKV(nn.Module):
     """Vision-RWKV backbone ("Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures",
-    Duan et al., arXiv 2403.02308), re-implemented from the paper and shared/DESIGN.md section 3.
+    Duan et al., arXiv 2403.02308), re-implemented from the paper and docs/DESIGN.md section 3.
 
     Module paths equal those of the official mmcls backbone, so a released ``state_dict`` loads after
     stripping ``backbone.`` (see :func:`medurwkv_net.load_vrwkv_weights`). The position embedding

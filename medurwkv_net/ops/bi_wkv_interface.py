@@ -1,7 +1,7 @@
 """Bi-WKV operator: public entry point, backend dispatch, kernel autograd Function and the O(T^2)
 pure-PyTorch reference ``bi_wkv_ref`` (tests only).
 
-Semantics (``shared/DESIGN.md`` section 2), for ``w, u: [C]`` and ``k, v: [B, T, C]``::
+Semantics (``docs/DESIGN.md`` section 2), for ``w, u: [C]`` and ``k, v: [B, T, C]``::
 
     num_t = sum_{i != t} exp(-(|t-i|-1) * w + k_i) * v_i  +  exp(u + k_t) * v_t
     den_t = sum_{i != t} exp(-(|t-i|-1) * w + k_i)        +  exp(u + k_t)
@@ -9,13 +9,14 @@ Semantics (``shared/DESIGN.md`` section 2), for ``w, u: [C]`` and ``k, v: [B, T,
 
 Backends, all computing that function:
 
-- ``"cpu"``: C++ kernel (``csrc/bi_wkv_cpu.cpp``), float32/float64, O(T), parallel over B*C.
-- ``"cuda"``: CUDA kernel (``csrc/bi_wkv_cuda.cu``), float32/float16/bfloat16/float64, O(T).
+- ``"cpu"``: C++ kernel (``medurwkv_net/csrc/bi_wkv_cpu.cpp``), float32/float64, O(T), parallel over B*C.
+- ``"cuda"``: CUDA kernel (``medurwkv_net/csrc/bi_wkv_cuda.cu``), float32/float16/bfloat16/float64, O(T).
 - ``"torch"``: linear-time pure PyTorch (:func:`bi_wkv_torch`); used for TorchScript, tracing,
   ``torch.export`` and ONNX export, and as the fallback when a kernel cannot be built.
 - ``"ref"``: the O(T^2) definition (:func:`bi_wkv_ref`).
-- ``"auto"`` (default): the kernel for the tensors' device; if it cannot be built, warn once
-  (naming the reason) and use ``"torch"``.
+- ``"auto"`` (default): the kernel for the tensors' device; if it cannot be built, or the GPU has no
+  image of it (a compute capability the build did not target), warn once (naming the reason, the
+  build folder and how to rebuild) and use ``"torch"``.
 
 The environment variable ``MEDURWKV_WKV_BACKEND`` overrides ``"auto"``; an explicit ``backend``
 argument other than ``"auto"`` overrides both.
@@ -44,7 +45,7 @@ _WARNED: set = set()
 
 
 def bi_wkv_ref(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """O(T^2) definition of Bi-WKV (shared/DESIGN.md section 2), for tests only.
+    """O(T^2) definition of Bi-WKV (docs/DESIGN.md section 2), for tests only.
 
     Allocates ``B * T * T * C`` elements: use only for small T.
 
@@ -156,7 +157,7 @@ class BiWKVFunction(torch.autograd.Function):
 
     Inputs must be contiguous; ``w`` and ``u`` in float32 (float64 when ``k`` is float64). The
     kernels scale by the per-channel maximum of ``k``; when a sequence needs more dynamic range
-    than that gives (only for extreme ``w``, ``u`` or ``k``, see ``csrc/``) they report it and this
+    than that gives (only for extreme ``w``, ``u`` or ``k``, see ``medurwkv_net/csrc/``) they report it and this
     Function computes that call with the log-scaled :func:`bi_wkv_torch` instead (its backward
     re-runs :func:`bi_wkv_torch` under autograd).
     """
@@ -184,15 +185,80 @@ class BiWKVFunction(torch.autograd.Function):
         return gw, gu, gk, gv, None
 
 
+#: Messages of CUDA errors that mean "this GPU cannot run the compiled kernel", not a bug in a call.
+_NO_IMAGE_ERRORS = (
+    "no kernel image is available",
+    "invalid device function",
+    "unsupported toolchain",
+    "device kernel image is invalid",
+    "unsupported gpu architecture",
+)
+_UNSUPPORTED_DEVICES: set = set()
+
+
+def _arch_hint(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"run `{build_hint()}`"
+    major, minor = torch.cuda.get_device_capability(device)
+    return (
+        f"rebuild for this GPU with `TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\" {build_hint()} --cuda=True` "
+        "(and keep TORCH_CUDA_ARCH_LIST set when training)"
+    )
+
+
+def build_hint() -> str:
+    """The command that rebuilds the kernels (named in fallback warnings)."""
+    from .build import REBUILD_HINT
+
+    return REBUILD_HINT
+
+
+def _device_key(device: torch.device) -> str:
+    return f"{device.type}:{device.index if device.index is not None else 0}"
+
+
+def _device_unsupported(name: str, device: torch.device) -> Optional[str]:
+    """Why the compiled ``name`` kernel cannot run on ``device`` (known before any launch), or None."""
+    if _device_key(device) in _UNSUPPORTED_DEVICES:
+        return "an earlier launch on this device failed"
+    if name != "cuda":
+        return None
+    from .build import cuda_targets, device_has_kernel_image
+
+    capability = torch.cuda.get_device_capability(device)
+    if device_has_kernel_image(capability) is False:
+        return (
+            f"the kernel was built for {', '.join(cuda_targets() or [])} and this GPU "
+            f"({torch.cuda.get_device_name(device)}) has compute capability {capability[0]}.{capability[1]}"
+        )
+    return None
+
+
 def _kernel(name: str, w, u, k, v) -> torch.Tensor:
-    """Run the compiled kernel ``name`` (``"cpu"`` or ``"cuda"``) through :class:`BiWKVFunction`."""
+    """Run the compiled kernel ``name`` (``"cpu"`` or ``"cuda"``) through :class:`BiWKVFunction`.
+
+    A launch that fails because the device has no image of the kernel falls back to
+    :func:`bi_wkv_torch` with one warning; any other error propagates.
+    """
     from . import build
 
     ext = build.load_extension(cuda=(name == "cuda"))
     acc = torch.float64 if k.dtype == torch.float64 else torch.float32
-    return BiWKVFunction.apply(
-        w.to(acc).contiguous(), u.to(acc).contiguous(), k.contiguous(), v.contiguous(), ext
-    )
+    try:
+        return BiWKVFunction.apply(
+            w.to(acc).contiguous(), u.to(acc).contiguous(), k.contiguous(), v.contiguous(), ext
+        )
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not any(m in text for m in _NO_IMAGE_ERRORS):
+            raise
+        _UNSUPPORTED_DEVICES.add(_device_key(k.device))
+        _warn_once(
+            f"{name}-device:{_device_key(k.device)}",
+            f"medurwkv_net: the Bi-WKV {name} kernel cannot run on {k.device} ({str(err).strip().splitlines()[0]}); "
+            f"using the pure-PyTorch linear path instead. To get the kernel, {_arch_hint(k.device)}.",
+        )
+        return bi_wkv_torch(w, u, k, v)
 
 
 @torch.jit.unused
@@ -225,8 +291,20 @@ def _bi_wkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
             raise RuntimeError(f"bi_wkv: the {name} kernel is not available: {err}") from err
         _warn_once(
             name,
-            f"medurwkv_net: Bi-WKV {name} kernel unavailable ({type(err).__name__}: {err}); "
-            "using the pure-PyTorch linear path instead.",
+            f"medurwkv_net: Bi-WKV {name} kernel unavailable ({err}); using the pure-PyTorch linear path "
+            f"instead. To rebuild it: `{build_hint()}`"
+            + (" --cuda=True" if name == "cuda" else "")
+            + ".",
+        )
+        return bi_wkv_torch(w, u, k, v)
+    why = _device_unsupported(name, k.device)
+    if why is not None:
+        if explicit:
+            raise RuntimeError(f"bi_wkv: the {name} kernel cannot run on {k.device}: {why}")
+        _warn_once(
+            f"{name}-device:{_device_key(k.device)}",
+            f"medurwkv_net: the Bi-WKV {name} kernel cannot run on {k.device}: {why}; using the pure-PyTorch "
+            f"linear path instead. To get the kernel, {_arch_hint(k.device)}.",
         )
         return bi_wkv_torch(w, u, k, v)
     return _kernel(name, w, u, k, v)

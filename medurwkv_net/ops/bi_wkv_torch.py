@@ -4,7 +4,7 @@ This is the backend used where no compiled kernel is available and whenever the 
 traced or exported (TorchScript, ``torch.export``, ONNX): it uses only differentiable, exportable
 tensor operations (einsum, exp, maximum, pad, flip, cat) and never allocates a ``T x T`` buffer.
 
-Algorithm (per batch row ``b`` and channel ``c``; ``shared/DESIGN.md`` section 2)::
+Algorithm (per batch row ``b`` and channel ``c``; ``docs/DESIGN.md`` section 2)::
 
     out_t = (F_t + G_t + e^{u + k_t} v_t) / (F'_t + G'_t + e^{u + k_t})
     F_t   = sum_{i < t} e^{-(t - 1 - i) w + k_i} v_i      (left scan)

@@ -338,6 +338,13 @@ def convert_weights(
     ``head.*`` dropped; the patch embedding adapted when ``in_channels`` is given) and loads with
     :func:`load_vrwkv_weights` or ``safetensors.torch.load_file``.
 
+    Args:
+        src: a local ``.pth``/``.safetensors`` file, ``hf://owner/repo/file[@rev]`` or a registry name.
+        dst: the ``.safetensors`` file to write.
+        in_channels: adapt the patch embedding to this many input channels.
+        overwrite: replace an existing ``dst``.
+        cache_dir: Hugging Face cache folder for downloads.
+
     Returns:
         the output path.
     """

@@ -691,7 +691,7 @@ def verify_data_cli(
     max_cases: int = 100,
     **override: Any,
 ) -> None:
-    """``python -m medurwkv_net verify-data --config_file configs/train.json [--dataset_dir DIR]``.
+    """Check every image/label pair that a bundle config reads (``verify-data --config_file configs/train.json``).
 
     Reads the bundle config with ``monai.bundle.ConfigParser`` (``--key value`` pairs override config
     entries like ``monai.bundle run``), resolves ``<section>#dataset#data`` for each section and verifies
@@ -699,6 +699,20 @@ def verify_data_cli(
     the command line; the ``VerifyDataHandler`` entry of ``train#handlers``; the config's ``label_mode``,
     ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels).
     Prints the per-case summary, optionally writes it as JSON, and exits with status 1 on any error.
+
+    Args:
+        config_file: the bundle config(s), e.g. ``configs/train.json`` (a list or comma-separated to merge).
+        dataset_dir: overrides the config's ``dataset_dir``.
+        meta_file: the bundle's ``metadata.json`` (default: beside the config).
+        num_classes: classes of the labels (default: from the metadata's ``channel_def``).
+        image_channels: channels the network takes (default: from the metadata).
+        allowed_channels: image channel counts accepted as input (converted by the bundle).
+        label_mode: how labels are read (the config's ``label_mode``).
+        label_threshold: threshold of binary masks (the config's ``label_threshold``).
+        sections: config sections whose ``dataset#data`` is checked.
+        report_file: also write the per-case report as JSON here.
+        max_cases: how many problem cases to print.
+        **override: ``--key value`` pairs that override config entries.
     """
     from monai.bundle import ConfigParser
 

@@ -129,10 +129,10 @@ def test_autocast_bf16_cpu():
     assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
-def test_pretrained_true_uses_registry_through_hub_cache(reference_dir, hf_offline_cache):
+def test_pretrained_true_uses_registry_through_hub_cache(vrwkv_t_checkpoint, hf_offline_cache):
     """pretrained=True resolves OpenGVLab/Vision-RWKV/vrwkv_t_in1k_224.pth via hf_hub_download (offline cache
     pre-filled with the reference checkpoint in the released format) and adapts it to 1 input channel."""
-    ckpt = reference_dir / "vrwkv_t_ckpt.pth"
+    ckpt = vrwkv_t_checkpoint
     hf_offline_cache("OpenGVLab/Vision-RWKV", {"vrwkv_t_in1k_224.pth": ckpt})
     net = MedURWKV(in_channels=1, out_channels=2, img_size=224, pretrained=True)
     sd = torch.load(ckpt, weights_only=True)["state_dict"]

@@ -1,4 +1,4 @@
-"""VRWKV must reproduce the official backbone's features (shared/vrwkv_reference, paper Bi-WKV formula)."""
+"""VRWKV must reproduce the official backbone's features (tests/fixtures/vrwkv_reference, paper Bi-WKV formula)."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +13,7 @@ _CACHE: dict = {}
 
 
 def _loaded(reference_dir, name):
+    """Model, vectors and load report of a reference set (vrwkv_t only from $MEDURWKV_REFERENCE_DIR)."""
     if name not in _CACHE:
         io = torch.load(reference_dir / f"{name}_io.pt", weights_only=True)
         model = VRWKV(**io["config"]).eval()
@@ -23,8 +24,9 @@ def _loaded(reference_dir, name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("inp,target", [("x224", "feats224_paperwkv"), ("x_odd", "feats_odd_paperwkv")])
-def test_reproduces_reference_features(reference_dir, name, inp, target):
-    model, io, report = _loaded(reference_dir, name)
+def test_reproduces_reference_features(request, name, inp, target):
+    folder = request.getfixturevalue("full_reference_dir" if name == "vrwkv_t" else "reference_dir")
+    model, io, report = _loaded(folder, name)
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     with torch.no_grad():
         feats = model(io[inp])

@@ -16,8 +16,7 @@ from medurwkv_net.pretrained.inflate import (
 )
 
 
-def _encoders(reference_dir, patch, img_size):
-    ckpt = reference_dir / "vrwkv_t_ckpt.pth"
+def _encoders(ckpt, patch, img_size):
     enc2 = vrwkv_tiny(in_channels=1).eval()
     load_vrwkv_weights(enc2, str(ckpt))
     enc3 = VRWKV3D(img_size=img_size, patch_size=patch, in_channels=1, **_tiny_cfg()).eval()
@@ -33,9 +32,9 @@ def _tiny_cfg():
 
 
 @pytest.mark.parametrize("patch,depth_slices", [((16, 16, 16), 32), ((16, 16, 4), 12)])
-def test_identical_slices_give_the_2d_patch_embedding(reference_dir, patch, depth_slices):
+def test_identical_slices_give_the_2d_patch_embedding(vrwkv_t_checkpoint, patch, depth_slices):
     h, w = 48, 80
-    enc2, enc3 = _encoders(reference_dir, patch, (h, w, depth_slices))
+    enc2, enc3 = _encoders(vrwkv_t_checkpoint, patch, (h, w, depth_slices))
     enc2, enc3 = enc2.double(), enc3.double()  # float64: the identity is exact up to rounding
     image = torch.randn(2, 1, h, w, dtype=torch.float64)
     volume = image.unsqueeze(-1).expand(-1, -1, -1, -1, depth_slices).contiguous()
@@ -61,10 +60,10 @@ def test_identical_slices_give_the_2d_patch_embedding(reference_dir, patch, dept
     assert (t3b.reshape(2, g2[0], g2[1], gd, -1)[:, :, :, 0].reshape(2, -1, t2.shape[-1]) - t2).abs().max() > 1e-3
 
 
-def test_blocks_copied_and_rule_on_the_kernel(reference_dir):
-    raw = load_checkpoint(reference_dir / "vrwkv_t_ckpt.pth")
+def test_blocks_copied_and_rule_on_the_kernel(vrwkv_t_checkpoint):
+    raw = load_checkpoint(vrwkv_t_checkpoint)
     net = MedURWKV3D(in_channels=1, out_channels=2, img_size=(32, 32, 16), patch_size=(16, 16, 8), feature_size=16,
-                     bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(reference_dir / "vrwkv_t_ckpt.pth"))
+                     bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(vrwkv_t_checkpoint))
     own = net.encoder.state_dict()
     torch.testing.assert_close(own["layers.3.att.key.weight"], raw["backbone.layers.3.att.key.weight"])
     torch.testing.assert_close(own["ln1.weight"], raw["backbone.ln1.weight"])
@@ -105,13 +104,13 @@ def test_other_variant_rejected_with_the_source_named(reference_dir):
     assert "mis-shaped keys" in msg and "144 missing keys" in msg
 
 
-def test_medurwkv_spatial_dims_3_builds_the_volumetric_model(reference_dir):
+def test_medurwkv_spatial_dims_3_builds_the_volumetric_model(vrwkv_t_checkpoint):
     from medurwkv_net import MedURWKV
 
     net = MedURWKV(spatial_dims=3, in_channels=1, out_channels=2, img_size=32, patch_size=(16, 16, 8), feature_size=16,
-                   bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(reference_dir / "vrwkv_t_ckpt.pth"))
+                   bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(vrwkv_t_checkpoint))
     assert isinstance(net, MedURWKV3D) and isinstance(net, MedURWKV)
-    raw = load_checkpoint(reference_dir / "vrwkv_t_ckpt.pth")
+    raw = load_checkpoint(vrwkv_t_checkpoint)
     torch.testing.assert_close(net.encoder.layers[0].att.value.weight, raw["backbone.layers.0.att.value.weight"])
     net.freeze_encoder()
     assert not any(p.requires_grad for p in net.encoder.parameters()) and net.out.weight.requires_grad

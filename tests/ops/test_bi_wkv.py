@@ -124,7 +124,7 @@ def test_float32_gradients_close_to_float64_reference(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["ref"])
 def test_reproduces_paper_vectors(backend, reference_dir):
-    io = torch.load(reference_dir / "vrwkv_t_io.pt", weights_only=True)
+    io = torch.load(reference_dir / "vrwkv_mini_io.pt", weights_only=True)
     cases = [io["wkv_case"]] + list(io["wkv_extra"])
     assert len(cases) == 4
     for case in cases:
@@ -246,7 +246,7 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(iface, "_WARNED", set())
     monkeypatch.delenv(ENV_BACKEND, raising=False)
     args = _bad()
-    with pytest.warns(RuntimeWarning, match="no compiler here"):
+    with pytest.warns(RuntimeWarning, match="no compiler here.*python -m medurwkv_net build-ext"):
         y = bi_wkv(**args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -296,19 +296,3 @@ def test_torch_path_chunk_sizes_agree():
         assert rel(bi_wkv_torch(w, u, k, v, chunk=chunk), ref) < 1e-11
     with pytest.raises(ValueError, match="chunk"):
         bi_wkv_torch(w, u, k, v, chunk=0)
-
-
-def test_csrc_dir_and_arch_flags(monkeypatch):
-    d = build.csrc_dir()
-    assert (d / "bi_wkv_cpu.cpp").is_file() and (d / "bi_wkv_cuda.cu").is_file()
-    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
-    flags = build.cuda_arch_flags()
-    for arch in ("80", "86", "89", "90"):
-        assert f"-gencode=arch=compute_{arch},code=sm_{arch}" in flags
-    assert "-gencode=arch=compute_90,code=compute_90" in flags  # PTX for newer GPUs
-    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
-    assert build.cuda_arch_flags() == []  # torch derives the flags from the variable
-    monkeypatch.setenv("MEDURWKV_CSRC_DIR", str(d.parent / "no_such_dir"))
-    monkeypatch.setattr(build, "__file__", str(d.parent / "x" / "elsewhere" / "a" / "build.py"))
-    with pytest.raises(FileNotFoundError, match="MEDURWKV_CSRC_DIR"):
-        build.csrc_dir()

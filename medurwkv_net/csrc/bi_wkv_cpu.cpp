@@ -1,6 +1,6 @@
 // Bi-WKV CPU kernel: O(T) forward and backward, float32 / float64 inputs, float64 accumulation.
 //
-// Definition (shared/DESIGN.md section 2), per batch row b and channel c:
+// Definition (docs/DESIGN.md section 2), per batch row b and channel c:
 //   num_t = sum_{i != t} exp(-(|t-i|-1) w + k_i) v_i + exp(u + k_t) v_t,  den_t likewise with v = 1,
 //   y_t = num_t / den_t.
 // With e_i = exp(k_i - kmax) (kmax = max_t k_t of the channel; it cancels in num / den) and

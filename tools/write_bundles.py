@@ -1,12 +1,14 @@
-"""The seven dataset bundles (``bundles/medurwkv_<dataset>/``), generated from the demo bundle.
+"""Maintainer tool: writes the seven dataset bundles (``bundles/medurwkv_<dataset>/``) from the demo bundle.
 
 The demo bundle ``bundles/medurwkv_mni152_tissue`` is the template: every dataset bundle is that bundle
 with only the dataset's own ids changed (reader, classes, channels, input size, intensity and label
 conventions, the paper recipe's schedule) and its own metadata and model card. Keeping the facts here,
 once, and writing the bundles from them is what keeps the eight bundles from drifting apart::
 
-    python -m medurwkv_net.data.bundles            # rewrite bundles/medurwkv_<dataset>/ from the template
-    python -m medurwkv_net.data.bundles --check    # list files that differ (what the tests check)
+    python tools/write_bundles.py            # rewrite bundles/medurwkv_<dataset>/ from the template
+    python tools/write_bundles.py --check    # list files that differ (what the tests check)
+
+It is not part of the installed package: it writes into this repository's ``bundles/``.
 
 ``evaluate.json``, ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own.
 """
@@ -18,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from .releases import get_release
+from medurwkv_net.data.releases import get_release
 
 __all__ = ["DATASETS", "render_bundle", "write_bundles"]
 
@@ -440,7 +442,7 @@ def render_bundle(name: str, template: str | Path) -> dict[str, str]:
 
 
 def _default_bundles_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "bundles"
+    return Path(__file__).resolve().parents[1] / "bundles"
 
 
 def write_bundles(bundles_dir: str | Path | None = None, template: str = "medurwkv_mni152_tissue",
