@@ -89,7 +89,7 @@ class VRWKV(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims == 3:
-            raise NotImplementedError("VRWKV: spatial_dims=3 is not implemented yet (issue 6); use spatial_dims=2.")
+            raise NotImplementedError("VRWKV is the 2D encoder (spatial_dims=2); for spatial_dims=3 use VRWKV3D.")
         if spatial_dims != 2:
             raise ValueError(f"VRWKV: spatial_dims must be 2, got {spatial_dims}.")
         for name, val in (("embed_dims", embed_dims), ("depth", depth), ("patch_size", patch_size),

@@ -16,7 +16,6 @@ import pytest
 from medurwkv_net.ops import build
 from medurwkv_net.ops.build_lock import LOCK_NAME, TORCH_LOCK_NAME, BuildLock, BuildLockTimeout
 
-REPO = Path(__file__).resolve().parents[2]
 
 #: Runs the op in a new process and prints the kernel that ran and the error against the reference.
 RUN_OP = textwrap.dedent(
@@ -48,7 +47,6 @@ HOLD_LOCK = textwrap.dedent(
 def _env(ext_root: Path, **extra: str) -> dict:
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(ext_root), PYTHONUNBUFFERED="1", **extra)
     env.pop("MEDURWKV_WKV_BACKEND", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return env
 
 
