@@ -37,8 +37,8 @@ def train_one(name: str, network_def, budget_s: float, dataset_dir: str, work: P
               extra: dict) -> dict:
     from monai.bundle import ConfigWorkflow
 
-    overrides = {**extra, "bundle_root": str(BUNDLE), "dataset_dir": dataset_dir, "ckpt_dir": str(work / name / "models"),
-                 "output_dir": str(work / name / "eval")}
+    overrides = {**extra, "bundle_root": str(BUNDLE), "dataset_dir": dataset_dir,
+                 "ckpt_dir": str(work / name / "models"), "output_dir": str(work / name / "eval")}
     if network_def is not None:
         overrides["network_def"] = network_def
     if max_epochs is not None:
@@ -106,9 +106,11 @@ def main() -> None:
     base = rows[0]
     for r in rows:
         if base["median_s_per_iteration"] and r["median_s_per_iteration"]:
-            r["time_per_iteration_vs_BasicUNet"] = round(r["median_s_per_iteration"] / base["median_s_per_iteration"], 3)
-    info = {"budget_s": args.budget_s, "overrides": extra, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "machine": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+            r["time_per_iteration_vs_BasicUNet"] = round(
+                r["median_s_per_iteration"] / base["median_s_per_iteration"], 3)
+    info = {"budget_s": args.budget_s, "overrides": extra, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.platform(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
             "load_average_at_end": os.getloadavg(), "results": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,13 +118,16 @@ def main() -> None:
     (out / f"demo_{stamp}.json").write_text(json.dumps(info, indent=1))
     lines = [f"Demo bundle, {info['device']}, budget {args.budget_s:.0f} s per network, torch {torch.__version__}, "
              f"{info['threads']} threads, load average at end {info['load_average_at_end'][0]:.1f}", "",
-             "| network | params (M) | epochs | iterations | s/iter (x BasicUNet) | best val Dice | test Dice GM | test Dice WM | test mean |",
+             "| network | params (M) | epochs | iterations | s/iter (x BasicUNet) | best val Dice "
+             "| test Dice GM | test Dice WM | test mean |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["test"]
         lines.append(f"| {r['network']} | {r['parameters_M']} | {r['epochs']} | {r['iterations']} | "
-                     f"{r['median_s_per_iteration']} ({r.get('time_per_iteration_vs_BasicUNet')}) | {r['best_val_mean_dice']} | "
-                     f"{t.get('test_mean_dice_grey_matter')} | {t.get('test_mean_dice_white_matter')} | {t.get('test_mean_dice')} |")
+                     f"{r['median_s_per_iteration']} ({r.get('time_per_iteration_vs_BasicUNet')}) | "
+                     f"{r['best_val_mean_dice']} | "
+                     f"{t.get('test_mean_dice_grey_matter')} | {t.get('test_mean_dice_white_matter')} | "
+                     f"{t.get('test_mean_dice')} |")
     (out / f"demo_{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

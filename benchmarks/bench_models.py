@@ -181,7 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + list(sys.argv[1:] if argv is None else argv))
+        os.execv(sys.executable,
+                 [sys.executable, os.path.abspath(__file__)] + list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -206,7 +207,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 limit = args.mem_fraction * _available_mb()
                 if predicted > limit:
                     skip_train = True
-                    row["note"] = f"fwd+bwd skipped: predicted {predicted / 1024:.1f} GiB > limit {limit / 1024:.1f} GiB"
+                    row["note"] = (f"fwd+bwd skipped: predicted {predicted / 1024:.1f} GiB "
+                                   f"> limit {limit / 1024:.1f} GiB")
             try:
                 row.update(measure(model, size, args.repeats, skip_train))
             except (RuntimeError, MemoryError) as e:  # e.g. out of memory at 1024^2: record, do not abort the run
@@ -224,13 +226,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     lines = [
         f"CPU benchmark, batch 1, 1 input channel, 2 classes; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, repeats={args.repeats} (best) "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"repeats={args.repeats} (best) "
         "; memory = peak RSS above the pre-call level (MALLOC_MMAP_THRESHOLD_="
         f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}). 1-min load average at start / end: {load_start:.1f} / "
         f"{os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f} (above the thread count, other "
         "processes shared the CPU and times are inflated).",
         "",
-        "| model | params (M) | size | forward (s) | fwd+bwd (s) | peak mem fwd (MiB) | peak mem fwd+bwd (MiB) | note |",
+        "| model | params (M) | size | forward (s) | fwd+bwd (s) | peak mem fwd (MiB) "
+        "| peak mem fwd+bwd (MiB) | note |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:

@@ -144,7 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     lines = [
         f"CPU benchmark (3D), batch 1, 1 input channel, 2 classes; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, repeats={args.repeats} "
-        f"(best); memory = peak RSS above the pre-call level, one subprocess per row, data cap {args.mem_cap_gb:g} GiB. "
+        f"(best); memory = peak RSS above the pre-call level, one subprocess per row, "
+        f"data cap {args.mem_cap_gb:g} GiB. "
         f"1-min load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} (above the thread count, "
         "other processes shared the CPU and times are inflated; compare ratios within this run).",
         "",
@@ -168,7 +169,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"(x{b['train_mem_mb'] / a['train_mem_mb']:.2f} less for training).")
         else:
             ok = b.get("fwd_mem_mb") is None or a["fwd_mem_mb"] < b["fwd_mem_mb"]
-            lines.append(f"- Target 1 ({'met' if ok else 'NOT met'}): at {big}^3 SwinUNETR fs48 {b.get('error', '')[:60]} "
+            lines.append(f"- Target 1 ({'met' if ok else 'NOT met'}): at {big}^3 SwinUNETR fs48 "
+                         f"{b.get('error', '')[:60]} "
                          f"(forward peak {fmt(b.get('fwd_mem_mb'), '.0f')} MiB) where MedURWKV-tiny needed "
                          f"{a['fwd_mem_mb']:.0f} / {a['train_mem_mb']:.0f} MiB (fwd / fwd+bwd).")
     if len(sizes) >= 2:
@@ -178,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             voxels = (big / lo) ** 3
             gf, gt = b["fwd_mem_mb"] / a["fwd_mem_mb"], b["train_mem_mb"] / a["train_mem_mb"]
             ok = max(gf, gt) / voxels <= 1.15
-            lines.append(f"- Target 2 ({'met' if ok else 'NOT met'}): MedURWKV-tiny peak memory {lo}^3 -> {big}^3 grows "
+            lines.append(f"- Target 2 ({'met' if ok else 'NOT met'}): MedURWKV-tiny peak memory "
+                         f"{lo}^3 -> {big}^3 grows "
                          f"x{gf:.2f} (forward), x{gt:.2f} (forward+backward) for x{voxels:.2f} voxels "
                          f"(memory growth / voxel growth = {gf / voxels:.2f} / {gt / voxels:.2f}; linear = 1).")
     table = "\n".join(lines) + "\n"

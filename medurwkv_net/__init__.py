@@ -24,10 +24,16 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .networks.medurwkv import MedURWKV
-    from .networks.volumetric import MedURWKV3D
-    from .networks.vrwkv import VRWKV, vrwkv_base, vrwkv_small, vrwkv_tiny
-    from .pretrained import convert_weights, load_vrwkv_weights
+    # Re-exports for type checkers and IDEs only (loaded lazily by __getattr__ at run time); the redundant
+    # "X as X" aliases mark them as intentional re-exports.
+    from .networks.medurwkv import MedURWKV as MedURWKV
+    from .networks.volumetric import MedURWKV3D as MedURWKV3D
+    from .networks.vrwkv import VRWKV as VRWKV
+    from .networks.vrwkv import vrwkv_base as vrwkv_base
+    from .networks.vrwkv import vrwkv_small as vrwkv_small
+    from .networks.vrwkv import vrwkv_tiny as vrwkv_tiny
+    from .pretrained import convert_weights as convert_weights
+    from .pretrained import load_vrwkv_weights as load_vrwkv_weights
 
 
 def __getattr__(name: str) -> Any:

@@ -102,7 +102,8 @@ def prepare_bundle_repo(
     for name in _COPY:
         src = bundle / name
         if src.is_dir():
-            shutil.copytree(src, out / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "monailabel_train.json"))
+            shutil.copytree(src, out / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "monailabel_train.json"))
         else:
             shutil.copy2(src, out / name)
     models = [bundle / "models" / f for f in _MODEL_FILES if (bundle / "models" / f).is_file()]

@@ -32,7 +32,8 @@ DATASETS = {
         modality="dermoscopy (RGB photograph)",
         task="Binary segmentation of skin lesions in dermoscopy images",
         source="ISIC 2017 Challenge, Part 1: Lesion Segmentation - https://challenge.isic-archive.com/data/#2017 "
-               "(archives ISIC-2017_Training_Data.zip, ISIC-2017_Training_Part1_GroundTruth.zip and the Validation / Test_v2 twins)",
+               "(archives ISIC-2017_Training_Data.zip, ISIC-2017_Training_Part1_GroundTruth.zip "
+               "and the Validation / Test_v2 twins)",
         counts="2000 training, 150 validation, 600 test images",
         split="official: Training / Validation / Test_v2 folders",
         layout="""<dataset_dir>/
@@ -47,17 +48,21 @@ ATTRIBUTION.txt files inside the archives. Read them before use; they govern any
 and masks, and of models trained on them.
 Cite: N. C. F. Codella et al., "Skin Lesion Analysis Toward Melanoma Detection: A Challenge at the
 2017 International Symposium on Biomedical Imaging (ISBI)", arXiv:1710.05006.""",
-        refs=["Codella et al., Skin Lesion Analysis Toward Melanoma Detection: A Challenge at ISBI 2017, arXiv:1710.05006"],
+        refs=["Codella et al., Skin Lesion Analysis Toward Melanoma Detection: A Challenge at ISBI 2017, "
+              "arXiv:1710.05006"],
         paper=None,
     ),
     "isic2018": dict(
         short="ISIC 2018", cls="lesion", in_channels=3, data_type="jpg",
         modality="dermoscopy (RGB photograph)",
         task="Binary segmentation of skin lesions in dermoscopy images",
-        source="ISIC 2018 Challenge, Task 1: Lesion Boundary Segmentation - https://challenge.isic-archive.com/data/#2018 "
-               "(archives ISIC2018_Task1-2_Training_Input.zip, ISIC2018_Task1_Training_GroundTruth.zip and the Validation / Test twins)",
+        source="ISIC 2018 Challenge, Task 1: Lesion Boundary Segmentation - "
+               "https://challenge.isic-archive.com/data/#2018 "
+               "(archives ISIC2018_Task1-2_Training_Input.zip, ISIC2018_Task1_Training_GroundTruth.zip "
+               "and the Validation / Test twins)",
         counts="2594 training, 100 validation, 1000 test images",
-        split="official: Training / Validation / Test folders (a missing Validation or Test pair is carved from Training with the seed and recorded in the datalist)",
+        split="official: Training / Validation / Test folders (a missing Validation or Test pair is carved from "
+              "Training with the seed and recorded in the datalist)",
         layout="""<dataset_dir>/
   ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg     (LICENSE.txt / ATTRIBUTION.txt are ignored)
   ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
@@ -79,9 +84,11 @@ HAM10000 dataset", Sci. Data 5, 180161 (2018).""",
         short="GlaS", cls="gland", in_channels=3, data_type="bmp",
         modality="H&E histology (RGB)",
         task="Binary segmentation of glands in H&E-stained colon histology images",
-        source="MICCAI 2015 Gland Segmentation Challenge (Warwick-QU dataset) - https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
+        source="MICCAI 2015 Gland Segmentation Challenge (Warwick-QU dataset) - "
+               "https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
         counts="165 images: 85 train, 60 testA, 20 testB",
-        split="official train / testA + testB (test, the datalist keeps the subset name per case); validation = a seeded 1/9 of train (recorded in the datalist)",
+        split="official train / testA + testB (test, the datalist keeps the subset name per case); "
+              "validation = a seeded 1/9 of train (recorded in the datalist)",
         layout="""<dataset_dir>/
   Warwick QU Dataset (Released 2016_07_08)/        (any folder name; it is found up to two levels down)
     train_1.bmp  train_1_anno.bmp  ...  testA_1.bmp  testA_1_anno.bmp  ...  testB_1.bmp  testB_1_anno.bmp
@@ -92,7 +99,8 @@ Warwick, for research purposes under the terms on
 https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/ . Read them before use.
 Cite: K. Sirinukunwattana et al., "Gland segmentation in colon histology images: The GlaS challenge
 contest", Medical Image Analysis 35 (2017) 489-502.""",
-        refs=["Sirinukunwattana et al., Gland segmentation in colon histology images: The GlaS challenge contest, Medical Image Analysis 35 (2017)"],
+        refs=["Sirinukunwattana et al., Gland segmentation in colon histology images: The GlaS challenge contest, "
+              "Medical Image Analysis 35 (2017)"],
         paper=None,
     ),
     "tdd": dict(
@@ -105,39 +113,45 @@ contest", Medical Image Analysis 35 (2017) 489-502.""",
         layout="""<dataset_dir>/
   images/NAME.<png|jpg|jpeg|bmp>       (radiographs)
   masks/NAME.<png|jpg|jpeg|bmp>        (teeth masks, same file stem)""",
-        layout_note="""The Tufts archive itself keeps radiographs in Radiographs/ and teeth masks in Segmentation/teeth_mask/;
+        layout_note=("The Tufts archive itself keeps radiographs in Radiographs/ and teeth masks in "
+                     """Segmentation/teeth_mask/;
 read it as it is by adding to every command
   --image_subdir Radiographs --mask_subdir Segmentation/teeth_mask
 (prepare-data: --image_dir Radiographs --mask_dir Segmentation/teeth_mask), or link the two folders
-as images/ and masks/.""",
+as images/ and masks/."""),
         masks="8-bit PNG or JPEG, 0 = background, 255 = teeth (automatic threshold: > 127, or > 0 for 0/1 masks)",
         licence="""The Tufts Dental Database is provided by Tufts University on request, under the user agreement
 presented on http://tdd.ece.tufts.edu/ (non-commercial research use). Read it before use.
 Cite: K. Panetta, R. Rajendran, A. Ramesh, S. Rao, S. Agaian, "Tufts Dental Database: A Multimodal
 Panoramic X-Ray Dataset for Benchmarking Diagnostic Systems", IEEE Journal of Biomedical and Health
 Informatics 26(4), 2022.""",
-        refs=["Panetta et al., Tufts Dental Database: A Multimodal Panoramic X-Ray Dataset for Benchmarking Diagnostic Systems, IEEE JBHI 26(4), 2022"],
+        refs=["Panetta et al., Tufts Dental Database: A Multimodal Panoramic X-Ray Dataset for Benchmarking "
+              "Diagnostic Systems, IEEE JBHI 26(4), 2022"],
         paper=None,
     ),
     "busi": dict(
         short="BUSI", cls="lesion", in_channels=3, data_type="png",
         modality="breast ultrasound (grey scale, stored as PNG)",
         task="Binary segmentation of breast lesions in ultrasound images",
-        source="Dataset of breast ultrasound images (BUSI), Al-Dhabyani et al. - https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+        source="Dataset of breast ultrasound images (BUSI), Al-Dhabyani et al. - "
+               "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
         counts="780 images: 437 benign, 210 malignant, 133 normal",
-        split="no official split: seeded 80/10/10 split stratified by class (benign / malignant / normal; seed `split_seed`, recorded in the datalist)",
+        split="no official split: seeded 80/10/10 split stratified by class (benign / malignant / normal; "
+              "seed `split_seed`, recorded in the datalist)",
         layout="""<dataset_dir>/
   Dataset_BUSI_with_GT/
     benign/benign (1).png  benign (1)_mask.png  [benign (1)_mask_1.png ...]
     malignant/ ...
     normal/ ...                               (normal cases have empty masks)""",
-        masks="PNG, 0 = background, 255 = lesion; a case with several masks (NAME_mask.png, NAME_mask_1.png, ...) is labelled with their union",
+        masks="PNG, 0 = background, 255 = lesion; a case with several masks (NAME_mask.png, NAME_mask_1.png, ...) "
+              "is labelled with their union",
         licence="""BUSI was published by W. Al-Dhabyani, M. Gomaa, H. Khaled and A. Fahmy with the open-access article
 "Dataset of breast ultrasound images", Data in Brief 28 (2020) 104863; the images are distributed from
 https://scholar.cu.edu.eg/?q=afahmy/pages/dataset under the terms stated there and in the article.
 Read them before use and cite the article.""",
         refs=["Al-Dhabyani et al., Dataset of breast ultrasound images, Data in Brief 28 (2020) 104863"],
-        paper="Med-URWKV paper, ablation on BUSI: Dice 77.98 % with the ImageNet-pretrained encoder, 51.17 % trained from scratch",
+        paper="Med-URWKV paper, ablation on BUSI: Dice 77.98 % with the ImageNet-pretrained encoder, "
+              "51.17 % trained from scratch",
     ),
     "kvasir": dict(
         short="Kvasir-SEG", cls="polyp", in_channels=3, data_type="jpg",
@@ -227,7 +241,8 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
     cfg = _load(template, "train.json")
     cfg["imports"] = _swap_imports(cfg["imports"])
     ids = _common_ids(name)
-    ids["datalist_file"] = f"$medurwkv_net.data.prepare_datalist(@dataset_name, @dataset_dir, @datalist_output, @split_seed{_reader_args(name)})"
+    ids["datalist_file"] = ("$medurwkv_net.data.prepare_datalist(@dataset_name, @dataset_dir, @datalist_output, "
+                            f"@split_seed{_reader_args(name)})")
     cfg = _insert_after(cfg, "output_dir", ids)
     cfg["class_names"] = ["background", d["cls"]]
     cfg["in_channels"] = d["in_channels"]
@@ -266,7 +281,8 @@ def _inference_cfg(template: Path, name: str, d: dict) -> dict:
     cfg["spatial_mode"] = "resize"
     cfg["intensity"] = "imagenet"
     cfg["dataset"]["data"] = ("$medurwkv_net.bundle.list_images(@input_dir) if @input_dir else "
-                              f"medurwkv_net.data.split_images(@dataset_name, @dataset_dir, @datalist_output, @split_seed{_reader_args(name)})")
+                              "medurwkv_net.data.split_images(@dataset_name, @dataset_dir, @datalist_output, "
+                              f"@split_seed{_reader_args(name)})")
     return cfg
 
 
@@ -276,11 +292,13 @@ def _metadata(template: Path, name: str, d: dict) -> dict:
     m["required_packages_version"] = {k: v for k, v in m["required_packages_version"].items() if k != "nilearn"}
     m["name"] = f"Med-URWKV {d['short']} segmentation"
     m["task"] = d["task"]
-    m["description"] = (f"Pure-RWKV U-Net (Med-URWKV, Vision-RWKV tiny encoder pretrained on ImageNet-1K) for {d['task'][0].lower() + d['task'][1:]}; "
+    m["description"] = ("Pure-RWKV U-Net (Med-URWKV, Vision-RWKV tiny encoder pretrained on ImageNet-1K) "
+                        f"for {d['task'][0].lower() + d['task'][1:]}; "
                         f"reads the public {d['short']} release as it unpacks ({d['split']}).")
     m["data_source"] = d["source"]
     m["data_type"] = d["data_type"]
-    m["image_classes"] = (f"{'RGB' if d['in_channels'] == 3 else 'single channel'} {d['modality']} image, resized to 256x256, "
+    m["image_classes"] = (f"{'RGB' if d['in_channels'] == 3 else 'single channel'} {d['modality']} image, "
+                          "resized to 256x256, "
                           "intensity /255 then ImageNet mean/std normalisation")
     m["label_classes"] = f"0: background, 1: {d['cls']} ({d['masks']})"
     m["pred_classes"] = f"0: background, 1: {d['cls']}"
@@ -299,7 +317,7 @@ def _metadata(template: Path, name: str, d: dict) -> dict:
     return m
 
 
-README = """# Med-URWKV {short} segmentation bundle
+README = ("""# Med-URWKV {short} segmentation bundle
 
 {task_sentence} with Med-URWKV, a pure-RWKV U-Net whose encoder is the ImageNet-1K pretrained
 Vision-RWKV tiny (VRWKV-T) backbone ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image
@@ -364,10 +382,13 @@ python -m monai.bundle run --config_file "['configs/train.json','configs/evaluat
 # or for the test split when --input_dir is not given
 python -m monai.bundle run --config_file configs/inference.json --input_dir <folder of images>
 # multi-GPU (DDP)
-torchrun --nproc_per_node=2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir <dataset_dir>
+torchrun --nproc_per_node=2 -m monai.bundle run """
+          """--config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir <dataset_dir>
 # checks
-python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json
-python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json
+python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json """
+          """--config_file configs/inference.json
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt """
+          """--meta_file configs/metadata.json --config_file configs/inference.json
 ```
 
 Useful overrides: `--split_seed N` (seeded splits), `--spatial_size "[320,320]"`, `--max_epochs`,
@@ -388,7 +409,7 @@ Useful overrides: `--split_seed N` (seeded splits), `--spatial_size "[320,320]"`
 
 Code and weights of this bundle: Apache-2.0 (see [LICENSE](../LICENSE)). The data keep their own
 terms ([data_license.txt](data_license.txt)); weights trained on them may be bound by those terms.
-"""
+""")
 
 
 def _readme(name, d):
@@ -397,12 +418,14 @@ def _readme(name, d):
     if d["paper"]:
         expected += d["paper"] + "."
     else:
-        expected += "The Med-URWKV paper reports Dice and IoU for this dataset (arXiv:2506.10858); compare with its table."
+        expected += ("The Med-URWKV paper reports Dice and IoU for this dataset (arXiv:2506.10858); "
+                     "compare with its table.")
     expected += " Evaluation writes the numbers to compare in `eval/`."
     return README.format(
         short=d["short"], task_sentence=d["task"], source=d["source"], counts=d["counts"], masks=d["masks"],
         layout=d["layout"], split=d["split"],
-        layout_note=("\n" + d["layout_note"] + "\n") if d.get("layout_note") else "", name=name, in_channels=d["in_channels"],
+        layout_note=("\n" + d["layout_note"] + "\n") if d.get("layout_note") else "", name=name,
+        in_channels=d["in_channels"],
         chan_note=", RGB patch embedding summed over colours for 1 channel" if d["in_channels"] == 1 else "",
         in_desc=("grey-scale radiograph (1 channel; colour files are converted to luminance)" if d["in_channels"] == 1
                  else "RGB (3 channels; grey-scale files are repeated to 3 channels, alpha dropped)"),
@@ -410,7 +433,8 @@ def _readme(name, d):
     )
 
 
-_SHORT_LIST = re.compile(r'\[\s*((?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false)(?:,\s*(?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false))*)\s*\]')
+_SHORT_LIST = re.compile(r'\[\s*((?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false)'
+                         r'(?:,\s*(?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false))*)\s*\]')
 
 
 def _json(obj) -> str:

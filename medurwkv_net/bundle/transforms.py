@@ -62,7 +62,6 @@ from monai.transforms import (
     EnsureTyped,
     Invertd,
     LoadImaged,
-    MapTransform,
     NormalizeIntensityd,
     RandFlipd,
     RandRotate90d,
@@ -293,7 +292,9 @@ def inference_transforms(
     return Compose(chain + [EnsureTyped(keys="image", dtype=torch.float32, track_meta=True)])
 
 
-def make_inferer(spatial_size: Sequence[int], spatial_mode: str = "crop", sw_batch_size: int = 4, overlap: float = 0.25):
+def make_inferer(
+    spatial_size: Sequence[int], spatial_mode: str = "crop", sw_batch_size: int = 4, overlap: float = 0.25
+):
     """Sliding window of ``spatial_size`` for ``"crop"`` mode, a plain forward pass for ``"resize"``."""
     if _check_choice("spatial_mode", spatial_mode, SPATIAL_MODES) == "resize":
         return SimpleInferer()
@@ -332,7 +333,8 @@ def postprocessing(
     if output_dir is not None:
         if with_label:
             raise ValueError("postprocessing: saving masks needs with_label=False (pred must be class indices)")
-        chain.append(SaveMaskd(keys="pred", output_dir=output_dir, num_classes=num_classes, output_postfix=output_postfix, png_scale=png_scale))
+        chain.append(SaveMaskd(keys="pred", output_dir=output_dir, num_classes=num_classes,
+                               output_postfix=output_postfix, png_scale=png_scale))
     return Compose(chain)
 
 

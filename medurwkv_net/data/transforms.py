@@ -40,7 +40,8 @@ class LoadMask(Transform):
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
 
     def __call__(self, filename) -> MetaTensor:
-        files = [filename] if isinstance(filename, (str, bytes)) or not isinstance(filename, Sequence) else list(filename)
+        files = ([filename] if isinstance(filename, (str, bytes)) or not isinstance(filename, Sequence)
+                 else list(filename))
         if not files:
             raise ValueError("LoadMask: empty list of mask files")
         out, ref, first = None, None, None

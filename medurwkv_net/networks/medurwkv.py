@@ -263,7 +263,8 @@ class MedURWKV(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"MedURWKV expects input of shape [B, C, H, W] ({self.spatial_dims + 2} dims), got shape {tuple(x.shape)}."
+                f"MedURWKV expects input of shape [B, C, H, W] ({self.spatial_dims + 2} dims), "
+                f"got shape {tuple(x.shape)}."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(

@@ -30,7 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .weights import LoadReport, adapt_input_conv, checkpoint_filter_fn, load_checkpoint, load_vrwkv_weights, resolve_source
+from .weights import (
+    LoadReport,
+    adapt_input_conv,
+    checkpoint_filter_fn,
+    load_checkpoint,
+    load_vrwkv_weights,
+    resolve_source,
+)
 
 __all__ = ["inflate_patch_weight", "inflate_pos_embed", "inflate_state_dict", "load_inflated_vrwkv_weights"]
 
@@ -49,7 +56,9 @@ def inflate_patch_weight(weight: torch.Tensor, patch_size: tuple) -> torch.Tenso
         >>> w3 = inflate_patch_weight(torch.randn(192, 1, 16, 16), (16, 16, 4))  # [192, 1, 16, 16, 4]
     """
     if weight.ndim != 4:
-        raise ValueError(f"inflate_patch_weight: expected a 2D kernel [C, Cin, kh, kw], got shape {tuple(weight.shape)}.")
+        raise ValueError(
+            f"inflate_patch_weight: expected a 2D kernel [C, Cin, kh, kw], got shape {tuple(weight.shape)}."
+        )
     if len(patch_size) != 3 or any(int(p) < 1 for p in patch_size):
         raise ValueError(f"inflate_patch_weight: patch_size must be 3 positive ints, got {patch_size!r}.")
     ph, pw, pd = (int(p) for p in patch_size)
@@ -90,7 +99,9 @@ def inflate_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """
     enc = getattr(model, "encoder", model)
     if getattr(enc, "spatial_dims", None) != 3 or not hasattr(enc, "pos_grid"):
-        raise ValueError(f"inflate_state_dict: the model must be a VRWKV3D (or hold one as .encoder), got {type(model).__name__}.")
+        raise ValueError(
+            f"inflate_state_dict: the model must be a VRWKV3D (or hold one as .encoder), got {type(model).__name__}."
+        )
     sd = checkpoint_filter_fn(state_dict)
     w = sd.get(_PATCH_KEY)
     if w is not None and w.ndim == 4:

@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "PretrainedCfg",
@@ -312,11 +311,13 @@ def load_vrwkv_weights(
                  f"(model: {_guess_variant(own)}; checkpoint: {_guess_variant(sd)})."]
         if mismatched:
             lines.append(f"{len(mismatched)} mis-shaped keys (key: checkpoint shape vs model shape): " + "; ".join(
-                f"{k}: {list(a)} vs {list(b)}" for k, a, b in mismatched[:12]) + (" ..." if len(mismatched) > 12 else ""))
+                f"{k}: {list(a)} vs {list(b)}" for k, a, b in mismatched[:12])
+                + (" ..." if len(mismatched) > 12 else ""))
         if missing:
             lines.append(f"{len(missing)} missing keys: {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
         if unexpected:
-            lines.append(f"{len(unexpected)} unexpected keys: {unexpected[:12]}" + (" ..." if len(unexpected) > 12 else ""))
+            lines.append(f"{len(unexpected)} unexpected keys: {unexpected[:12]}"
+                         + (" ..." if len(unexpected) > 12 else ""))
         msg = "\n".join(lines)
         if strict:
             raise ValueError(msg)

@@ -20,13 +20,15 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = ["isic2017", "isic2018", "glas", "tdd", "busi", "kvasir", "nkut"]
-CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json", "logging.conf"]
+CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json",
+                "logging.conf"]
 
 
 def _synthetic():
     """tests/data/synthetic_releases.py, imported by path (tests/ is not a package)."""
     if "synthetic_releases" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("synthetic_releases", REPO / "tests" / "data" / "synthetic_releases.py")
+        spec = importlib.util.spec_from_file_location(
+            "synthetic_releases", REPO / "tests" / "data" / "synthetic_releases.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)

@@ -31,7 +31,8 @@ def test_resize_mode_restores_size_and_orientation_in_png(tmp_path):
     # a "network" that predicts foreground where the image is bright
     fg = (d["image"][:1] > 0).float()
     d["pred"] = torch.cat([1 - fg, fg]) * 10
-    post = bundle.postprocessing(num_classes=2, spatial_mode="resize", preprocessing=pre, output_dir=str(tmp_path / "out"))
+    post = bundle.postprocessing(num_classes=2, spatial_mode="resize", preprocessing=pre,
+                                 output_dir=str(tmp_path / "out"))
     out = post(d)
     assert tuple(out["pred"].shape[1:]) == (53, 37)  # MONAI's (W, H) order for PIL images
     saved = np.asarray(Image.open(tmp_path / "out" / "case_1_seg.png"))

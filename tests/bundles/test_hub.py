@@ -58,7 +58,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path.startswith(api + "revision/"):
             sha = self.refs.get(path[len(api + "revision/"):])
             if sha is None:
-                return self._send(404, b"{}", {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "no such revision"})
+                return self._send(404, b"{}",
+                                  {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "no such revision"})
             return self._json({"id": self.repo_id, "modelId": self.repo_id, "sha": sha, "private": False,
                                "siblings": [{"rfilename": f} for f in self._files()]})
         if path.startswith(api + "tree/"):
@@ -116,7 +117,8 @@ def hub_server(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     yield repo, handler
     server.shutdown()
 
@@ -170,4 +172,6 @@ def test_download_from_hub_then_run_inference(hub_server, tmp_path):
         cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [Path(datalist["test"][0]["image"]).name.replace(".nii.gz", "_seg.nii.gz")]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [
+        Path(datalist["test"][0]["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+    ]

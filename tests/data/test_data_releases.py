@@ -41,7 +41,9 @@ def test_datalist_covers_release_once(tmp_path, dataset):
     ids = [c["case"] for c in cases]
     assert sorted(ids) == sorted(rel.masks), "every case exactly once"
     assert len(set(ids)) == len(ids)
-    assert all(dl[k] for k in ("training", "validation", "test")), {k: len(dl[k]) for k in ("training", "validation", "test")}
+    assert all(dl[k] for k in ("training", "validation", "test")), {
+        k: len(dl[k]) for k in ("training", "validation", "test")
+    }
     assert Path(dl["dataset_dir"]) == rel.release_root.resolve()
     for c in cases:
         assert Path(c["image"]).is_file()
@@ -150,7 +152,8 @@ def test_errors_name_what_was_expected_where(tmp_path):
         build_datalist("kvasir", tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"no recognisable kvasir release: expected the folders 'images/'.*readme\.txt"):
+    with pytest.raises(ValueError,
+                       match=r"no recognisable kvasir release: expected the folders 'images/'.*readme\.txt"):
         build_datalist("kvasir", tmp_path / "empty")
     with pytest.raises(ValueError, match="ISIC2018_Task1-2_Training_Input"):
         build_datalist("isic2018", tmp_path / "empty")

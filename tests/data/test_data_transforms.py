@@ -42,7 +42,8 @@ def test_loadmaskd_unites_files_of_mixed_modes_and_keeps_first_file_meta(tmp_pat
 def test_loadmaskd_shape_mismatch_names_both_files(tmp_path):
     Image.new("L", (7, 5)).save(tmp_path / "a.png")
     Image.new("L", (6, 5)).save(tmp_path / "b.png")
-    with pytest.raises(ValueError, match=r"key 'label'.*'.*b\.png' has spatial shape \(6, 5\) but '.*a\.png'.*\(7, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"key 'label'.*'.*b\.png' has spatial shape \(6, 5\) but '.*a\.png'.*\(7, 5\)"):
         LoadMaskd("label")({"label": [str(tmp_path / "a.png"), str(tmp_path / "b.png")]})
 
 

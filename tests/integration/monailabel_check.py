@@ -61,7 +61,7 @@ def main() -> int:
                 "num_samples": 1,
                 "batch_size": 1,
                 "validate#inferer#overlap": 0.0,
-                "test#dataset#data": f"$monai.data.load_decathlon_datalist(@datalist_file, True, 'test')[:1]",
+                "test#dataset#data": "$monai.data.load_decathlon_datalist(@datalist_file, True, 'test')[:1]",
             })
             return overrides
 
@@ -85,7 +85,8 @@ def main() -> int:
     src = nib.load(image)
     assert pred.squeeze().shape == src.shape, (pred.shape, src.shape)
     assert set(np.unique(pred).tolist()) <= {0, 1, 2}, np.unique(pred)
-    print(f"BundleInferTask: {image.name} -> {label_file} shape {pred.shape} classes {sorted(np.unique(pred).tolist())}")
+    print(f"BundleInferTask: {image.name} -> {label_file} shape {pred.shape} "
+          f"classes {sorted(np.unique(pred).tolist())}")
     print("MONAI Label check passed")
     return 0
 

@@ -48,7 +48,8 @@ def test_shapes_odd_volume_sizes(size):
 
 def test_batch_channels_and_anisotropic_patch():
     net = _net(patch=(16, 16, 8), in_ch=2, out_ch=4)
-    assert net.encoder.pos_grid == [2, 2, 4] and list(net.encoder.patch_embed.projection.weight.shape[2:]) == [16, 16, 8]
+    assert (net.encoder.pos_grid == [2, 2, 4]
+            and list(net.encoder.patch_embed.projection.weight.shape[2:]) == [16, 16, 8])
     with torch.no_grad():
         y = net(torch.randn(2, 2, 40, 23, 9))
     assert y.shape == (2, 4, 40, 23, 9) and torch.isfinite(y).all()
@@ -134,7 +135,8 @@ def test_bad_inputs_and_arguments():
         MedURWKV3D(encoder="huge")
     with pytest.raises(ValueError, match="img_size"):
         VRWKV3D(img_size=(96, 96))
-    with pytest.raises(ValueError, match=r"VRWKV3D expects a \[B, C, H, W, D\] input \(5 dims\), got shape \(1, 1, 32, 32\)"):
+    with pytest.raises(ValueError,
+                       match=r"VRWKV3D expects a \[B, C, H, W, D\] input \(5 dims\), got shape \(1, 1, 32, 32\)"):
         VRWKV3D(embed_dims=12, depth=1)(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="interpolate_mode"):
         VRWKV3D(interpolate_mode="bicubic")
@@ -176,7 +178,8 @@ def test_onnx_export_matches_eager(tmp_path):
     with torch.no_grad():
         ref = net(x)
     path = tmp_path / "medurwkv3d.onnx"
-    torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["image"], output_names=["pred"], opset_version=17)
+    torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["image"], output_names=["pred"],
+                      opset_version=17)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"image": x.numpy()})[0]
     assert out.shape == (1, 3, 32, 32, 32)

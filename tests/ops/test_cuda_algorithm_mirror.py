@@ -113,12 +113,12 @@ def mirror_backward(w, u, k, v, y, gy, L):
     e = torch.exp(k - kmax[:, None])
     dc = torch.zeros(B, N, C, 2, dtype=k.dtype)
     for n in range(N):
-        l = r = 0.0
+        left = r = 0.0
         f = torch.ones(C, dtype=k.dtype)
         for t in range(n * L, min(T, n * L + L)):
-            l, r = ew * l + e[:, t], r + f * e[:, t]
+            left, r = ew * left + e[:, t], r + f * e[:, t]
             f = f * ew
-        dc[:, n] = torch.stack([l + 0 * f, r], -1)
+        dc[:, n] = torch.stack([left + 0 * f, r], -1)
     dstate = scan_carries(dc, w, L, 1, False)
     g = torch.empty_like(k)
     carry = torch.zeros(B, N, C, 8, dtype=k.dtype)

@@ -109,7 +109,8 @@ def test_registry_sha256_verified(mini, hf_offline_cache, monkeypatch):
     bad = "0" * 64
     monkeypatch.setitem(PRETRAINED_CFGS, "mini_bad",
                         PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_mini_test.pth", sha256=bad, variant="mini"))
-    with pytest.raises(WeightsIntegrityError, match=f"sha256 mismatch.*vrwkv_mini_test.pth.*expected {bad}, got {good}"):
+    with pytest.raises(WeightsIntegrityError,
+                       match=f"sha256 mismatch.*vrwkv_mini_test.pth.*expected {bad}, got {good}"):
         load_vrwkv_weights(VRWKV(**io["config"]), "mini_bad")
     with pytest.raises(ValueError, match="already registered"):
         register_pretrained("mini_good", PRETRAINED_CFGS["mini_good"])
