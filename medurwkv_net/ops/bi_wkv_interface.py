@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 

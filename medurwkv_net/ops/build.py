@@ -283,7 +283,8 @@ def _write_marker(lib: Path) -> None:
 
 
 def _import_library(name: str, lib: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, lib, loader=importlib.machinery.ExtensionFileLoader(name, str(lib)))
+    loader = importlib.machinery.ExtensionFileLoader(name, str(lib))
+    spec = importlib.util.spec_from_file_location(name, lib, loader=loader)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
