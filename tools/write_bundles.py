@@ -413,8 +413,7 @@ terms ([data_license.txt](data_license.txt)); weights trained on them may be bou
 
 
 def _readme(name, d):
-    expected = ("Not yet measured by this project on the full release (the build machines have no access to "
-                "the data). ")
+    expected = "Not yet measured by this project on the full release. "
     if d["paper"]:
         expected += d["paper"] + "."
     else:
