@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,17 +28,19 @@ print(f"check_wheel: torch {torch.__version__}; medurwkv_net {medurwkv_net.__ver
 g = torch.Generator().manual_seed(0)
 w, u = torch.randn(32, generator=g) / 100, torch.randn(32, generator=g) / 100
 k, v = torch.randn(2, 100, 32, generator=g), torch.randn(2, 100, 32, generator=g)
-with warnings.catch_warnings():
-    warnings.simplefilter("error", RuntimeWarning)  # a fallback warning fails the check
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
     y = bi_wkv(w, u, k, v)
+fallback = [str(c.message) for c in caught if "pure-PyTorch" in str(c.message)]
+assert not fallback, f"bi_wkv fell back to the PyTorch path: {fallback}"
 kernel = build._LOADED.get(False)
 assert kernel is not None, "bi_wkv did not run the compiled CPU kernel"
 err = (y - bi_wkv_ref(w, u, k, v)).abs().max().item()
 assert err < 1e-5, f"CPU kernel differs from bi_wkv_ref by {err:.2e}"
 print(f"check_wheel: CPU kernel {kernel.__file__}; max |bi_wkv - bi_wkv_ref| = {err:.1e}")
 
-exe = shutil.which("medurwkv-net")
-assert exe is not None, "the medurwkv-net console script is not installed"
+exe = str(Path(sys.executable).parent / "medurwkv-net")  # the environment's scripts folder, as pip installs it
+assert Path(exe).is_file(), f"the medurwkv-net console script is not installed ({exe} is missing)"
 for args in [[exe, "--help"], [sys.executable, "-m", "medurwkv_net", "--help"]] + [
     [exe, name, "--help"] for name in COMMANDS
 ]:

@@ -64,10 +64,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     import fire
 
     module, attr, _ = COMMANDS[name]
-    if "-h" in rest or "--help" in rest:
-        rest = ["--", "--help"]  # the command's own help, also for functions that take **kwargs
+    function = getattr(importlib.import_module(module), attr)
+    title = f"{PROG} {name}"
+    if "-h" in rest or "--help" in rest:  # the command's own help, on stdout (fire writes it to stderr)
+        from fire import helptext, trace
+
+        text = helptext.HelpText(function, trace=trace.FireTrace(function, name=title))
+        print(text.replace(repr(title), title))
+        raise SystemExit(0)
     try:
-        fire.Fire(getattr(importlib.import_module(module), attr), command=rest, name=f"{PROG} {name}")
+        fire.Fire(function, command=rest, name=title)
     except Exception as err:  # noqa: BLE001 - one line for the user; the traceback on request
         if os.environ.get("MEDURWKV_DEBUG", "").strip() not in ("", "0"):
             raise

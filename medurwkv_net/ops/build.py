@@ -309,6 +309,33 @@ def _prepare_cuda() -> None:
         os.environ["CUDA_HOME"] = home
 
 
+def torch_lock_blocks_when_left() -> bool:
+    """Whether this torch's ``cpp_extension`` waits for its ``lock`` file to disappear (torch <= 2.13).
+
+    Newer torch holds an advisory lock on that file instead, which the operating system releases when
+    the holder dies; the file itself then stays and means nothing.
+    """
+    from torch.utils import cpp_extension
+
+    code = getattr(getattr(cpp_extension, "_jit_compile", None), "__code__", None)
+    return code is None or "FileBaton" in code.co_names
+
+
+def _take_over_leftovers(build_dir: Path, name: str, what: str, finished: bool) -> None:
+    """With the folder's lock held: clear what an interrupted build left, with one warning saying so."""
+    torch_lock = build_dir / TORCH_LOCK_NAME
+    if torch_lock.exists() and torch_lock_blocks_when_left():
+        # No cooperating process is building (we hold the folder's lock): torch's file is left over and
+        # would make cpp_extension wait for it forever.
+        torch_lock.unlink(missing_ok=True)
+        note = f"removed the stale build lock {torch_lock}, left by an interrupted build of {what}"
+    elif not finished and (build_dir / "build.ninja").exists() and not _library(build_dir, name).exists():
+        note = f"an earlier build of {what} in {build_dir} did not finish; building it again"
+    else:
+        return
+    warnings.warn(f"medurwkv_net: {note}", RuntimeWarning, stacklevel=5)
+
+
 def _build(cuda: bool, verbose: bool) -> ModuleType:
     from torch.utils import cpp_extension
 
@@ -317,19 +344,11 @@ def _build(cuda: bool, verbose: bool) -> ModuleType:
     name, build_dir = _name_and_dir(cuda, sources, flags)
     what = f"the Bi-WKV {'CUDA' if cuda else 'CPU'} kernel"
     lib = _complete_library(build_dir, name)
-    if lib is not None and not (build_dir / TORCH_LOCK_NAME).exists():
+    if lib is not None and not (torch_lock_blocks_when_left() and (build_dir / TORCH_LOCK_NAME).exists()):
         return _import_library(name, lib)
     with BuildLock(build_dir, what=what):
-        lib = _complete_library(build_dir, name)  # finished by the process we waited for
-        stale = build_dir / TORCH_LOCK_NAME
-        if stale.exists():
-            # We hold the folder's lock, so no cooperating process is building: the file is left over.
-            warnings.warn(
-                f"medurwkv_net: removed the stale build lock {stale}, left by an interrupted build of {what}",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            stale.unlink(missing_ok=True)
+        lib = _complete_library(build_dir, name)  # perhaps finished by the process we waited for
+        _take_over_leftovers(build_dir, name, what, finished=lib is not None)
         if lib is not None:
             return _import_library(name, lib)
         if cuda:

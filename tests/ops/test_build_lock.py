@@ -102,15 +102,18 @@ def test_killed_build_then_new_process_builds_and_runs(tmp_path):
 
     kernel, stderr, elapsed = _run_op(ext_root, timeout=600)
     assert kernel is not None and kernel.startswith(str(folder)), (kernel, stderr[-2000:])
-    assert "removed the stale build lock" in stderr and str(folder) in stderr
-    assert not (folder / TORCH_LOCK_NAME).exists()
+    # torch <= 2.13 waits for its lock file to disappear: it is removed; newer torch only leaves the file
+    expected = "removed the stale build lock" if build.torch_lock_blocks_when_left() else "did not finish"
+    notes = [line for line in stderr.splitlines() if "RuntimeWarning: medurwkv_net:" in line]
+    assert len(notes) == 1 and expected in notes[0] and str(folder) in notes[0], stderr[-3000:]
+    assert elapsed < 300, elapsed  # a full compile; the subprocess timeout above catches any hang
     print(f"rebuild after the kill: {elapsed:.1f} s")
 
 
 @pytest.mark.parametrize("with_marker", [True, False])
 def test_stale_zero_byte_lock_beside_a_complete_library(tmp_path, built_cpu_dir, with_marker):
     """A zero-byte torch lock next to a finished library (with the marker of a finished build, or from an
-    older build without it): the op loads within seconds, with one warning, and never waits on the lock."""
+    older build without it): the op loads within seconds and never waits on the lock."""
     ext_root = tmp_path / "ext"
     folder = ext_root / built_cpu_dir.name
     shutil.copytree(built_cpu_dir, folder, ignore=shutil.ignore_patterns(TORCH_LOCK_NAME, LOCK_NAME))
@@ -120,9 +123,9 @@ def test_stale_zero_byte_lock_beside_a_complete_library(tmp_path, built_cpu_dir,
     (folder / TORCH_LOCK_NAME).write_bytes(b"")
     kernel, stderr, elapsed = _run_op(ext_root, timeout=120)
     assert kernel is not None and kernel.startswith(str(folder))
-    assert stderr.count("removed the stale build lock") == 1
+    # a warning where the file would have blocked (torch <= 2.13); newer torch ignores such a file
+    assert stderr.count("removed the stale build lock") == int(build.torch_lock_blocks_when_left())
     assert "compiling" not in stderr  # nothing was rebuilt
-    assert not (folder / TORCH_LOCK_NAME).exists()
     assert elapsed < 60, elapsed
 
 
