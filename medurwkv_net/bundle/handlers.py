@@ -19,7 +19,6 @@ Per-case CSV files and their summaries come from MONAI's own ``MetricsSaver``; s
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,6 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+
+from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json
 
 __all__ = ["ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion"]
 
@@ -175,7 +176,6 @@ class CurvePlotter:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, part, title in ((axes[0], "train", "training"), (axes[1], "validation", "validation")):
             for name, (epochs, values) in sorted(self.history[part].items()):
@@ -186,12 +186,11 @@ class CurvePlotter:
             if self.history[part]:
                 ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = self.output_file + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.output_file)
-        with open(os.path.splitext(self.output_file)[0] + ".json", "w") as f:
-            json.dump(self.history, f, indent=1)
+        try:
+            atomic_write(self.output_file, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
+        atomic_write_json(os.path.splitext(self.output_file)[0] + ".json", self.history, indent=1)
 
 
 def _to_display(img: np.ndarray, source: str) -> np.ndarray:
@@ -281,11 +280,10 @@ class OverlayWriter:
             handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in range(1, len(self.class_names))]
             fig.legend(handles, self.class_names[1:], loc="lower center", ncol=len(handles), fontsize=8)
         fig.tight_layout(rect=(0, 0.03, 1, 1))
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
-        tmp = self.output_file + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.output_file)
+        try:
+            atomic_write(self.output_file, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
 
 
 class RunAtCompletion:

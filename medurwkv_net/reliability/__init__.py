@@ -9,11 +9,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "atomic": ["AtomicDiskSaver", "atomic_save"],
+    "atomic": ["AtomicDiskSaver", "atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+               "atomic_write_text", "default_file_mode"],
     "checkpoint": ["ResumableCheckpoint", "TrainingProgress", "capture_rng_state", "restore_rng_state",
                    "find_checkpoints", "load_checkpoint_file"],
-    "errors": ["CheckpointError", "CorruptWeightsError", "DataVerificationError", "ReliabilityError",
-               "UnsafeWeightsError", "WeightsIntegrityError"],
+    "errors": ["AtomicWriteError", "CheckpointError", "CorruptWeightsError", "DataVerificationError",
+               "ReliabilityError", "UnsafeWeightsError", "WeightsIntegrityError"],
     "inference": ["SafeSlidingWindowInferer", "sliding_window_predict", "validate_image"],
     "verify_data": ["CaseReport", "Finding", "VerificationReport", "VerifyDataHandler", "verify_data_cli",
                     "verify_datalist"],

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from ignite.engine import Engine, Events
 
+from .atomic import atomic_write_json
 from .errors import DataVerificationError
 
 __all__ = [
@@ -751,9 +752,7 @@ def verify_data_cli(
     report = verify_datalist(lists, **settings)
     print(report.summary(max_cases=max_cases))
     if report_file:
-        Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-        with open(report_file, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        atomic_write_json(report_file, report.to_dict(), indent=2)
     if not report.ok:
         sys.stdout.flush()
         raise SystemExit(1)
