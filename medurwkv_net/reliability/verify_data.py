@@ -13,6 +13,7 @@ Files are read with MONAI's readers (``PILReader`` for 2D bitmaps, ``NibabelRead
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -309,6 +310,34 @@ class _Options:
     allowed_channels: set[int] | None
     affine_atol: float
     check_duplicates: bool
+    spatial_dims: int | None = None
+    root: Path | None = None
+
+
+def _real_path(path: Path) -> str | None:
+    """The real path of ``path``, or None for a symlink loop."""
+    try:
+        return str(path.resolve())
+    except RuntimeError:  # "Symlink loop from ..." (Python < 3.13)
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise
+
+
+def _check_path(case: CaseReport, part: Path, what: str, opts: _Options) -> bool:
+    """Errors for a path outside the dataset folder or a symlink loop; True if the path may be read."""
+    if opts.root is not None:
+        here, root = os.path.abspath(part), os.path.abspath(opts.root)
+        if os.path.commonpath([here, root]) != root:
+            case.error("outside", f"{what} file '{part}' is outside the dataset folder '{root}' (it is '{here}'); "
+                                  "keep the data inside dataset_dir or set dataset_dir to the folder holding it")
+            return False
+    if os.path.islink(part) and _real_path(part) is None:
+        case.error("symlink", f"{what} file '{part}' is a symbolic link loop; fix or remove the link")
+        return False
+    return True
 
 
 def _check_mask_values(case: CaseReport, arr: np.ndarray, threshold: float | None, what: str) -> np.ndarray | None:
@@ -338,6 +367,8 @@ def verify_datalist(
     check_duplicates: bool = True,
     base_dir: str | os.PathLike | None = None,
     raise_on_error: bool = False,
+    spatial_dims: int | None = None,
+    dataset_dir: str | os.PathLike | None = None,
 ) -> VerificationReport:
     """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
 
@@ -357,6 +388,9 @@ def verify_datalist(
         require_label: a case without ``label_key`` is an error ("missing partner").
         base_dir: relative paths are resolved against it.
         raise_on_error: raise :class:`DataVerificationError` (with the summary) if any case fails.
+        spatial_dims: number of spatial dimensions the network takes (``len(spatial_size)``); an image with
+            another number (a 3D or 4D volume in a 2D pipeline) is an error.
+        dataset_dir: every file must lie inside this folder (``../`` leaving it is an error).
     """
     if label_mode not in ("index", "mask"):
         raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
@@ -385,7 +419,8 @@ def verify_datalist(
     else:
         chans = None
     opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
-                    bool(check_duplicates))
+                    bool(check_duplicates), None if spatial_dims is None else int(spatial_dims),
+                    None if dataset_dir is None else Path(dataset_dir))
 
     if isinstance(datalist, Mapping):
         groups = [(str(k), v) for k, v in datalist.items()]
@@ -447,6 +482,8 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
     for part in parts:
         part = resolve(part)
         if isinstance(part, Path):
+            if not _check_path(case, part, "image", opts):
+                continue
             if not part.is_file():
                 case.error("missing", f"image file '{part}' does not exist")
                 continue
@@ -479,6 +516,11 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
         case.error("shape", f"image files have different spatial shapes {sorted(shapes)}")
         return None
     img = loaded[0]
+    if opts.spatial_dims is not None and len(img.spatial_shape) != opts.spatial_dims:
+        case.error("dims", f"image has {len(img.spatial_shape)} spatial dimension(s) (spatial shape "
+                           f"{img.spatial_shape}, {img.channels} channel(s)), the network takes "
+                           f"{opts.spatial_dims}D images")
+        return None
     channels = sum(ld.channels for ld in loaded)
     if opts.allowed_channels is not None and channels not in opts.allowed_channels:
         expected = sorted(opts.allowed_channels)
@@ -491,9 +533,11 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
     return img
 
 
-def _load_label_part(case, part, resolve, img, image_paths) -> _Loaded | None:
+def _load_label_part(case, part, resolve, img, image_paths, opts: _Options) -> _Loaded | None:
     part = resolve(part)
     if isinstance(part, Path):
+        if not _check_path(case, part, "label", opts):
+            return None
         if not part.is_file():
             case.error("missing", f"missing partner: label file '{part}' does not exist")
             return None
@@ -518,12 +562,12 @@ def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_d
     img = _verify_image(case, image, resolve, opts, seen_paths, seen_digests)
     if label is None:
         return
-    image_paths = {str(resolve(p).resolve()) for p in _as_list(image) if isinstance(resolve(p), Path)}
+    image_paths = {_real_path(resolve(p)) for p in _as_list(image) if isinstance(resolve(p), Path)} - {None}
     parts = _as_list(label)
     if opts.label_mode == "index" and len(parts) != 1:
         case.error("entry", f"label_mode 'index' takes one label file, got {len(parts)}")
         return
-    labs = [_load_label_part(case, p, resolve, img, image_paths) for p in parts]
+    labs = [_load_label_part(case, p, resolve, img, image_paths, opts) for p in parts]
     if any(lab is None for lab in labs):
         return
     for lab, part in zip(labs, parts):
@@ -579,6 +623,69 @@ def _compare_affines(case, a: np.ndarray, b: np.ndarray, atol: float, what: str)
 
 
 # ---------------------------------------------------------------------------------- ignite handler
+_VERIFIED: set[str] = set()  # cases verified by verify_datalist_file in this process
+
+
+def _case_key(entry: Any, image_key: str = "image", label_key: str = "label") -> str:
+    if isinstance(entry, Mapping):
+        return json.dumps([_describe(entry.get(image_key)), _describe(entry.get(label_key))])
+    return json.dumps([_describe(entry), None])
+
+
+def verify_datalist_file(
+    datalist_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    enabled: bool = True,
+    **settings: Any,
+) -> str:
+    """Verify every split of a MONAI (Decathlon-style) datalist file before any dataset reads a file.
+
+    Bundles use it in the ``data`` of every dataset, e.g.
+    ``"$monai.data.load_decathlon_datalist(@verified_datalist, True, 'training')"`` with
+    ``"verified_datalist": "$medurwkv_net.reliability.verify_datalist_file(@datalist_file, @dataset_dir, ...)"``,
+    so that a bad case is reported by name before ``CacheDataset`` loads anything.
+
+    Args:
+        datalist_file: the JSON datalist; every key holding a list of cases (``training``, ``validation``,
+            ``test``, ...) is verified, with paths resolved as ``load_decathlon_datalist`` resolves them.
+        dataset_dir: every file must lie inside this folder.
+        enabled: ``False`` skips the check (the config's ``verify_data``).
+        settings: passed to :func:`verify_datalist` (``num_classes``, ``spatial_dims``, ``label_mode``, ...).
+
+    Returns:
+        ``datalist_file``, unchanged.
+
+    Raises:
+        DataVerificationError: a case failed (the message lists each one with its file and the reason).
+    """
+    if not enabled:
+        return str(datalist_file)
+    from monai.data import load_decathlon_datalist
+
+    path = Path(datalist_file)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataVerificationError(f"datalist '{path}' cannot be read as JSON: {_first_line(e)}") from e
+    if not isinstance(raw, Mapping):
+        raise DataVerificationError(f"datalist '{path}' holds a {type(raw).__name__}, expected a JSON object")
+    keys = [k for k, v in raw.items() if isinstance(v, list) and v and all(isinstance(c, Mapping) for c in v)]
+    if not keys:
+        raise DataVerificationError(f"datalist '{path}' has no list of cases (keys: {sorted(raw)})")
+    lists = {k: load_decathlon_datalist(str(path), True, k) for k in keys}
+    report = verify_datalist(lists, dataset_dir=dataset_dir, **settings)
+    if not report.ok:
+        raise DataVerificationError(
+            f"training refused: the datalist '{path}' failed verification (set verify_data to false to skip it)\n"
+            + report.summary(),
+            report=report,
+        )
+    logger.info(report.summary(max_cases=20))
+    for cases in lists.values():
+        _VERIFIED.update(_case_key(c) for c in cases)
+    return str(datalist_file)
+
+
 class VerifyDataHandler:
     """Runs :func:`verify_datalist` at ``Events.STARTED`` and refuses to train on bad data.
 
@@ -620,6 +727,11 @@ class VerifyDataHandler:
         data = self.datalist() if callable(self.datalist) else self.datalist
         if hasattr(data, "data") and not isinstance(data, (list, tuple, Mapping)):
             data = data.data  # a MONAI Dataset
+        cases = [c for v in data.values() for c in v] if isinstance(data, Mapping) else list(data)
+        if cases and all(_case_key(c, self.image_key, self.label_key) in _VERIFIED for c in cases):
+            logger.info(f"{len(cases)} case(s) already verified before loading (verify_datalist_file)")
+            self.report = VerificationReport([])
+            return self.report
         report = verify_datalist(data, self.num_classes, image_key=self.image_key,
                                  label_key=self.label_key, **self.kwargs)
         self.report = report
@@ -717,6 +829,8 @@ def verify_data_cli(
         parser["dataset_dir"] = str(dataset_dir)
     for k, v in override.items():
         parser[k] = v
+    if "verify_data" in parser:
+        parser["verify_data"] = False  # the datasets' own check would stop at the first failure; report all here
 
     settings: dict[str, Any] = {}
     m_classes, m_channels, channel_def = _from_meta(meta)
@@ -729,6 +843,10 @@ def verify_data_cli(
     for key in ("label_mode", "label_threshold"):
         if key in parser:
             settings[key] = parser.get_parsed_content(key)
+    if "spatial_size" in parser:
+        settings["spatial_dims"] = len(parser.get_parsed_content("spatial_size"))
+    if "dataset_dir" in parser:
+        settings["dataset_dir"] = parser.get_parsed_content("dataset_dir")
     settings.update(_handler_settings(parser))
     cli = {"num_classes": num_classes, "image_channels": image_channels, "allowed_channels": allowed_channels,
            "label_mode": label_mode, "label_threshold": label_threshold}
