@@ -29,8 +29,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json
+from medurwkv_net.reliability.weights import safe_load_weights
 
-__all__ = ["ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion"]
+__all__ = [
+    "ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +276,8 @@ class OverlayWriter:
             for ax, mask, title in zip(row, (None, label, pred), ("image", "ground truth", "prediction")):
                 ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
                 if mask is not None:
-                    ax.imshow(_to_display(mask, source), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45, interpolation="nearest")
+                    ax.imshow(_to_display(mask, source), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45,
+                              interpolation="nearest")
                 ax.set_title(f"{title}: {os.path.basename(source)}" if title == "image" else title, fontsize=8)
                 ax.axis("off")
         if self.class_names:
@@ -312,7 +316,7 @@ class RunAtCompletion:
             torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
         if self.checkpoint and self.network is not None:
             if os.path.isfile(self.checkpoint):
-                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+                state = safe_load_weights(self.checkpoint, map_location="cpu")
                 _unwrap(self.network).load_state_dict(state)
                 logger.info(f"evaluating the best checkpoint {self.checkpoint}")
             else:
