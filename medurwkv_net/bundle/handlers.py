@@ -97,6 +97,7 @@ class ClassMetricReport:
     def __init__(self, metric_name: str, class_names: Sequence[str]):
         self.metric_name = metric_name
         self.class_names = list(class_names)
+        self._warned: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -123,6 +124,20 @@ class ClassMetricReport:
             engine.state.metrics[f"{self.metric_name}_{name}"] = v
             parts.append(f"{name} {v:.4f}")
         logger.info(f"{self.metric_name} per class: " + ", ".join(parts))
+        undefined = [n for n, v in zip(self.class_names, means.tolist()) if math.isnan(v)]
+        new = [n for n in undefined if n not in self._warned]
+        if new:
+            self._warned.update(new)
+            if len(undefined) == len(self.class_names):
+                shown = engine.state.metrics.get(self.metric_name)
+                effect = f"no class can be rated: {self.metric_name} reads {shown} and cannot select a best model"
+            else:
+                effect = f"{self.metric_name} is the mean over the other classes"
+            logger.warning(
+                f"{self.metric_name}: no case of this evaluation ({values.shape[0]} case(s)) has foreground of "
+                f"{', '.join(repr(n) for n in new)}: its value is undefined (NaN); {effect}. Check the labels of "
+                "this split (the data check names the cases)"
+            )
 
 
 def _scalar_items(metrics: dict) -> dict:

@@ -62,6 +62,7 @@ class CaseReport:
     label: Any = None
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    label_classes: list[int] | None = None  # class values present in the label (None: not read)
 
     @property
     def ok(self) -> bool:
@@ -282,6 +283,7 @@ def _check_label_values(
             return
     values = np.unique(arr)
     ints = [int(v) for v in values.tolist()]
+    case.label_classes = ints
     if allowed is not None:
         bad = [v for v in ints if v not in allowed]
         if bad:
@@ -496,7 +498,8 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
             try:
                 ld = _load_one(part, hash_content=opts.check_duplicates)
             except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
-                case.error("unreadable", f"image file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
+                case.error("unreadable",
+                           f"image file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
                 continue
             if opts.check_duplicates and ld.digest is not None and not same_path:
                 if ld.digest in seen_digests and seen_digests[ld.digest] != case.case_id:
@@ -588,11 +591,12 @@ def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_d
             fg_any = fg_any or bool(fg.any())
             if lab.array.size:
                 nonzero_max = max(nonzero_max, float(np.max(lab.array)))
+        case.label_classes = [0, 1] if fg_any else [0]
         if not fg_any:
             if nonzero_max > 0:
+                threshold = opts.label_threshold if opts.label_threshold is not None else "auto (127)"
                 case.warn("empty_label", f"mask has non-zero values (max {nonzero_max:g}) but none above the "
-                                         f"threshold {opts.label_threshold if opts.label_threshold is not None else 'auto (127)'}: "
-                                         "empty after thresholding")
+                                         f"threshold {threshold}: empty after thresholding")
             else:
                 case.warn("empty_label", "label is empty (background 0 only)")
         return
@@ -636,6 +640,7 @@ def verify_datalist_file(
     datalist_file: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
     enabled: bool = True,
+    class_names: Sequence[str] | None = None,
     **settings: Any,
 ) -> str:
     """Verify every split of a MONAI (Decathlon-style) datalist file before any dataset reads a file.
@@ -650,6 +655,7 @@ def verify_datalist_file(
             ``test``, ...) is verified, with paths resolved as ``load_decathlon_datalist`` resolves them.
         dataset_dir: every file must lie inside this folder.
         enabled: ``False`` skips the check (the config's ``verify_data``).
+        class_names: names of the classes, for the warning about a class missing from the validation labels.
         settings: passed to :func:`verify_datalist` (``num_classes``, ``spatial_dims``, ``label_mode``, ...).
 
     Returns:
@@ -681,9 +687,47 @@ def verify_datalist_file(
             report=report,
         )
     logger.info(report.summary(max_cases=20))
+    if settings.get("num_classes") is not None:
+        for warning in missing_class_warnings(report, int(settings["num_classes"]), class_names):
+            logger.warning(warning)
     for cases in lists.values():
         _VERIFIED.update(_case_key(c) for c in cases)
     return str(datalist_file)
+
+
+def missing_class_warnings(
+    report: VerificationReport,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    splits: Sequence[str] = ("validation",),
+    max_cases: int = 5,
+) -> list[str]:
+    """Warnings for classes without foreground in any case of a split (their Dice is undefined every epoch).
+
+    Args:
+        report: a report of :func:`verify_datalist` over a mapping of splits (case ids ``<split>[<i>]``).
+        num_classes: number of classes, background (0) included.
+        class_names: names of the classes, in value order.
+        splits: the splits to check.
+        max_cases: number of cases named per warning.
+    """
+    out = []
+    for split in splits:
+        cases = [c for c in report.cases if c.case_id.startswith(f"{split}[") and c.label_classes is not None]
+        if not cases:
+            continue
+        for value in range(1, num_classes):
+            if any(value in c.label_classes for c in cases):
+                continue
+            name = f" ('{class_names[value]}')" if class_names and value < len(class_names) else ""
+            shown = ", ".join(f"{c.case_id} {_describe(c.label)}" for c in cases[:max_cases])
+            more = f" and {len(cases) - max_cases} more" if len(cases) > max_cases else ""
+            out.append(
+                f"the {split} labels hold no class {value}{name} in any of their {len(cases)} case(s) ({shown}{more}): "
+                f"its Dice is undefined (NaN) every epoch and the validation metric cannot rate it; add {split} "
+                "cases that contain it"
+            )
+    return out
 
 
 class VerifyDataHandler:
