@@ -313,7 +313,7 @@ class _Options:
     affine_atol: float
     check_duplicates: bool
     spatial_dims: int | None = None
-    root: Path | None = None
+    roots: tuple[str, ...] = ()
 
 
 def _real_path(path: Path) -> str | None:
@@ -328,12 +328,20 @@ def _real_path(path: Path) -> str | None:
         raise
 
 
+def _roots(dataset_dir: Any) -> tuple[str, ...]:
+    if dataset_dir is None:
+        return ()
+    folders = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
+    return tuple(dict.fromkeys(os.path.abspath(f) for f in folders))
+
+
 def _check_path(case: CaseReport, part: Path, what: str, opts: _Options) -> bool:
     """Errors for a path outside the dataset folder or a symlink loop; True if the path may be read."""
-    if opts.root is not None:
-        here, root = os.path.abspath(part), os.path.abspath(opts.root)
-        if os.path.commonpath([here, root]) != root:
-            case.error("outside", f"{what} file '{part}' is outside the dataset folder '{root}' (it is '{here}'); "
+    if opts.roots:
+        here = os.path.abspath(part)
+        if not any(os.path.commonpath([here, root]) == root for root in opts.roots):
+            where = " or ".join(f"'{r}'" for r in opts.roots)
+            case.error("outside", f"{what} file '{part}' is outside the dataset folder {where} (it is '{here}'); "
                                   "keep the data inside dataset_dir or set dataset_dir to the folder holding it")
             return False
     if os.path.islink(part) and _real_path(part) is None:
@@ -370,7 +378,7 @@ def verify_datalist(
     base_dir: str | os.PathLike | None = None,
     raise_on_error: bool = False,
     spatial_dims: int | None = None,
-    dataset_dir: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> VerificationReport:
     """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
 
@@ -392,7 +400,8 @@ def verify_datalist(
         raise_on_error: raise :class:`DataVerificationError` (with the summary) if any case fails.
         spatial_dims: number of spatial dimensions the network takes (``len(spatial_size)``); an image with
             another number (a 3D or 4D volume in a 2D pipeline) is an error.
-        dataset_dir: every file must lie inside this folder (``../`` leaving it is an error).
+        dataset_dir: every file must lie inside this folder, or one of these folders (a path leaving it with
+            ``../`` is an error).
     """
     if label_mode not in ("index", "mask"):
         raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
@@ -422,7 +431,7 @@ def verify_datalist(
         chans = None
     opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
                     bool(check_duplicates), None if spatial_dims is None else int(spatial_dims),
-                    None if dataset_dir is None else Path(dataset_dir))
+                    _roots(dataset_dir))
 
     if isinstance(datalist, Mapping):
         groups = [(str(k), v) for k, v in datalist.items()]
@@ -653,7 +662,7 @@ def verify_datalist_file(
     Args:
         datalist_file: the JSON datalist; every key holding a list of cases (``training``, ``validation``,
             ``test``, ...) is verified, with paths resolved as ``load_decathlon_datalist`` resolves them.
-        dataset_dir: every file must lie inside this folder.
+        dataset_dir: every file must lie inside this folder or the datalist's own folder.
         enabled: ``False`` skips the check (the config's ``verify_data``).
         class_names: names of the classes, for the warning about a class missing from the validation labels.
         settings: passed to :func:`verify_datalist` (``num_classes``, ``spatial_dims``, ``label_mode``, ...).
@@ -679,7 +688,8 @@ def verify_datalist_file(
     if not keys:
         raise DataVerificationError(f"datalist '{path}' has no list of cases (keys: {sorted(raw)})")
     lists = {k: load_decathlon_datalist(str(path), True, k) for k in keys}
-    report = verify_datalist(lists, dataset_dir=dataset_dir, **settings)
+    roots = None if dataset_dir is None else [dataset_dir, path.parent]
+    report = verify_datalist(lists, dataset_dir=roots, **settings)
     if not report.ok:
         raise DataVerificationError(
             f"training refused: the datalist '{path}' failed verification (set verify_data to false to skip it)\n"

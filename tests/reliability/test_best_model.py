@@ -7,7 +7,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from medurwkv_net.reliability import AtomicWriteError, BestModelSaver, ResumableCheckpoint
+from medurwkv_net.reliability import AtomicWriteError, BestModelSaver, ResumableCheckpoint, load_checkpoint_file
 
 from ._train_helpers import make_run
 
@@ -131,3 +131,22 @@ def test_full_disk_during_best_model_write_keeps_the_old_model_and_names_the_fil
     assert "MiB free" in msg and "The previous 'model.pt', if any, is unchanged" in msg
     assert (tmp_path / "model.pt").read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
+
+
+def test_full_disk_during_a_checkpoint_write_names_the_file_and_keeps_the_last_checkpoint(tmp_path, request):
+    model, opt, sched, loader, trainer = make_run()
+    ckpt = ResumableCheckpoint(tmp_path, trainer, {"model": model, "optimizer": opt})
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: request.getfixturevalue("file_size_limit"))
+    big = torch.nn.Linear(200, 200)  # makes the second checkpoint larger than the limit lets through
+
+    @trainer.on(Events.EPOCH_STARTED(once=2))
+    def _grow(_):
+        ckpt.objects["big"] = big
+        ckpt.checkpointer.to_save["big"] = big
+
+    with pytest.raises(AtomicWriteError) as info:
+        trainer.run(loader, max_epochs=2)
+    msg = str(info.value)
+    assert msg.startswith(f"could not write '{tmp_path / 'checkpoint_16.pt'}': the disk is full or a size limit"), msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_8.pt"]
+    assert load_checkpoint_file(tmp_path / "checkpoint_8.pt")["trainer"]["iteration"] == 8

@@ -73,7 +73,7 @@ def test_verify_data_cli_reports_a_symlink_loop_instead_of_crashing(tmp_path, ca
     assert "ERROR validate[0]" in out and f"label file '{root / 'x.nii.gz'}' is a symbolic link loop" in out
 
 
-@pytest.mark.parametrize("fault", ["4d", "short_header", "no_image_key"])
+@pytest.mark.parametrize("fault", ["4d", "short_header", "no_image_key", "outside"])
 def test_the_demo_config_refuses_bad_data_before_a_dataset_loads_it(tmp_path, fault):
     root = tmp_path / "data"
     cases = _dataset(root)
@@ -88,6 +88,10 @@ def test_the_demo_config_refuses_bad_data_before_a_dataset_loads_it(tmp_path, fa
         (root / "c2.nii").write_bytes(raw[: len(raw) - 200])  # the header claims more voxels than the file has
         bad["test"] = [{"image": str(root / "c2.nii"), "label": cases[2]["label"]}]
         expect = f"image file '{root / 'c2.nii'}' cannot be read"
+    elif fault == "outside":
+        _nifti(tmp_path / "elsewhere.nii.gz", (20, 24), value=0.9)
+        bad["test"] = [{"image": "../elsewhere.nii.gz", "label": cases[2]["label"]}]  # relative to the datalist
+        expect = f"image file '{tmp_path / 'elsewhere.nii.gz'}' is outside the dataset folder '{root}'"
     else:
         bad["test"] = [{"img": cases[2]["image"], "label": cases[2]["label"]}]
         expect = "entry has no 'image' key (keys: ['img', 'label'])"
