@@ -15,6 +15,7 @@ from typing import Any
 
 from monai.data import DataLoader
 from torch.utils.data import SequentialSampler
+from torch.utils.data._utils.signal_handling import _remove_worker_pids
 
 __all__ = ["TimeoutDataLoader"]
 
@@ -67,6 +68,11 @@ class TimeoutDataLoader(DataLoader):
                 # a stopped worker also blocks the hand-over of batches it already made (their shared memory
                 # goes through the worker): end the workers so that the waiting call returns
                 expired.set()
+                if getattr(inner, "_worker_pids_set", False):
+                    # torch reports a killed worker from its SIGCHLD handler, at a random later moment of the
+                    # main thread: unregister the workers first, this loader reports the failure itself
+                    _remove_worker_pids(id(inner))
+                    inner._worker_pids_set = False
                 for w in workers:
                     if w.is_alive() and w.pid is not None:
                         os.kill(w.pid, signal.SIGKILL)
@@ -82,6 +88,9 @@ class TimeoutDataLoader(DataLoader):
             except Exception as e:  # noqa: BLE001 - what a killed or timed-out worker raises varies
                 if not (expired.is_set() or "timed out" in str(e)):
                     raise
+                shutdown = getattr(inner, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
                 raise RuntimeError(
                     f"no data for {self.worker_timeout:g} s: a data loader worker is stuck on "
                     f"{self._cases(index, in_flight)} (stopped process, hung file system or a transform that does "
