@@ -263,7 +263,7 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
     # Dice over the whole batch: releases with empty masks (BUSI's normal cases) give no per-image Dice
     cfg["loss"]["batch"] = True
     for h in cfg["train"]["handlers"]:
-        if h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not class-index files
+        if isinstance(h, dict) and h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not index files
             h["label_mode"] = "@label_mode"
             h["label_threshold"] = "@label_threshold"
     return cfg

@@ -16,6 +16,8 @@ RANK_ZERO_HANDLERS = (
     "StatsHandler",
     "TensorBoardStatsHandler",
     "CheckpointSaver",
+    "BestModelSaver",
+    "RunLock",
     "MetricsSaver",
     "ProgressBar",
     "CurvePlotter",

@@ -19,7 +19,6 @@ Per-case CSV files and their summaries come from MONAI's own ``MetricsSaver``; s
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,12 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion"]
+from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json
+from medurwkv_net.reliability.weights import safe_load_weights
+
+__all__ = [
+    "ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ class ClassMetricReport:
     def __init__(self, metric_name: str, class_names: Sequence[str]):
         self.metric_name = metric_name
         self.class_names = list(class_names)
+        self._warned: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -119,6 +124,20 @@ class ClassMetricReport:
             engine.state.metrics[f"{self.metric_name}_{name}"] = v
             parts.append(f"{name} {v:.4f}")
         logger.info(f"{self.metric_name} per class: " + ", ".join(parts))
+        undefined = [n for n, v in zip(self.class_names, means.tolist()) if math.isnan(v)]
+        new = [n for n in undefined if n not in self._warned]
+        if new:
+            self._warned.update(new)
+            if len(undefined) == len(self.class_names):
+                shown = engine.state.metrics.get(self.metric_name)
+                effect = f"no class can be rated: {self.metric_name} reads {shown} and cannot select a best model"
+            else:
+                effect = f"{self.metric_name} is the mean over the other classes"
+            logger.warning(
+                f"{self.metric_name}: no case of this evaluation ({values.shape[0]} case(s)) has foreground of "
+                f"{', '.join(repr(n) for n in new)}: its value is undefined (NaN); {effect}. Check the labels of "
+                "this split (the data check names the cases)"
+            )
 
 
 def _scalar_items(metrics: dict) -> dict:
@@ -175,7 +194,6 @@ class CurvePlotter:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, part, title in ((axes[0], "train", "training"), (axes[1], "validation", "validation")):
             for name, (epochs, values) in sorted(self.history[part].items()):
@@ -186,12 +204,11 @@ class CurvePlotter:
             if self.history[part]:
                 ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = self.output_file + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.output_file)
-        with open(os.path.splitext(self.output_file)[0] + ".json", "w") as f:
-            json.dump(self.history, f, indent=1)
+        try:
+            atomic_write(self.output_file, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
+        atomic_write_json(os.path.splitext(self.output_file)[0] + ".json", self.history, indent=1)
 
 
 def _to_display(img: np.ndarray, source: str) -> np.ndarray:
@@ -274,18 +291,18 @@ class OverlayWriter:
             for ax, mask, title in zip(row, (None, label, pred), ("image", "ground truth", "prediction")):
                 ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
                 if mask is not None:
-                    ax.imshow(_to_display(mask, source), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45, interpolation="nearest")
+                    ax.imshow(_to_display(mask, source), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45,
+                              interpolation="nearest")
                 ax.set_title(f"{title}: {os.path.basename(source)}" if title == "image" else title, fontsize=8)
                 ax.axis("off")
         if self.class_names:
             handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in range(1, len(self.class_names))]
             fig.legend(handles, self.class_names[1:], loc="lower center", ncol=len(handles), fontsize=8)
         fig.tight_layout(rect=(0, 0.03, 1, 1))
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
-        tmp = self.output_file + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.output_file)
+        try:
+            atomic_write(self.output_file, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
 
 
 class RunAtCompletion:
@@ -314,7 +331,7 @@ class RunAtCompletion:
             torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
         if self.checkpoint and self.network is not None:
             if os.path.isfile(self.checkpoint):
-                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+                state = safe_load_weights(self.checkpoint, map_location="cpu")
                 _unwrap(self.network).load_state_dict(state)
                 logger.info(f"evaluating the best checkpoint {self.checkpoint}")
             else:

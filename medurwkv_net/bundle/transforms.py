@@ -52,7 +52,6 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.utils import convert_to_tensor
 from monai.transforms import (
     Activationsd,
@@ -77,6 +76,7 @@ from monai.transforms import (
 )
 
 from medurwkv_net.data.transforms import EnsureChannelsd, LoadMaskd
+from medurwkv_net.reliability.inference import SafeSimpleInferer, SafeSlidingWindowInferer
 
 __all__ = [
     "SaveMaskd",
@@ -293,12 +293,22 @@ def inference_transforms(
 
 
 def make_inferer(
-    spatial_size: Sequence[int], spatial_mode: str = "crop", sw_batch_size: int = 4, overlap: float = 0.25
+    spatial_size: Sequence[int],
+    spatial_mode: str = "crop",
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    checkpoint: str | None = None,
 ):
-    """Sliding window of ``spatial_size`` for ``"crop"`` mode, a plain forward pass for ``"resize"``."""
+    """Sliding window of ``spatial_size`` for ``"crop"`` mode, a plain forward pass for ``"resize"``.
+
+    Both check their input (NaN/Inf, channels, dimensions) and refuse NaN/Inf weights or network output
+    with a message naming ``checkpoint`` (the weight file, e.g. ``models/model.pt``), instead of writing
+    all-background masks (:class:`~medurwkv_net.reliability.SafeSlidingWindowInferer`).
+    """
     if _check_choice("spatial_mode", spatial_mode, SPATIAL_MODES) == "resize":
-        return SimpleInferer()
-    return SlidingWindowInferer(roi_size=spatial_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+        return SafeSimpleInferer(spatial_dims=len(spatial_size), checkpoint=checkpoint)
+    return SafeSlidingWindowInferer(roi_size=spatial_size, sw_batch_size=sw_batch_size, overlap=overlap,
+                                    mode="gaussian", checkpoint=checkpoint)
 
 
 def postprocessing(

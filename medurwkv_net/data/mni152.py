@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from medurwkv_net.reliability.atomic import atomic_write_bytes
 
 __all__ = [
     "BACKGROUND_THRESHOLD",
@@ -141,16 +142,7 @@ def split_slices(labels: np.ndarray, min_tissue_fraction: float = MIN_TISSUE_FRA
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _save_slice(path: Path, array2d: np.ndarray, affine3d: np.ndarray, z: int) -> None:

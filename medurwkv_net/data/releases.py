@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from medurwkv_net.reliability.atomic import atomic_write_json
+
 __all__ = [
     "RELEASES",
     "Release",
@@ -441,12 +443,7 @@ def build_datalist(dataset: str, dataset_dir, seed: int = 0, fractions=DEFAULT_F
 
 
 def write_datalist(datalist: dict, output) -> Path:
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(datalist, indent=2))
-    tmp.replace(out)
-    return out
+    return atomic_write_json(output, datalist, indent=2)
 
 
 def check_pairs(datalist: dict) -> None:

@@ -64,8 +64,9 @@ class PretrainedCfg:
     tags: Tuple[str, ...] = field(default_factory=tuple)
 
 
-# No commit hash or SHA-256 of the upstream files is pinned yet: fill ``revision`` and ``sha256`` once they have been read from the Hub (the file page shows
-# the LFS SHA-256). Until then every download is checked against the hash the Hub publishes for it.
+# No commit hash or SHA-256 of the upstream files is pinned yet: fill ``revision`` and ``sha256`` once they
+# have been read from the Hub (the file page shows the LFS SHA-256). Until then every download is checked
+# against the hash the Hub publishes for it.
 PRETRAINED_CFGS: Dict[str, PretrainedCfg] = {
     "vrwkv_t_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_t_in1k_224.pth", variant="tiny",
                                       architecture="VRWKV-T ImageNet-1K 224"),

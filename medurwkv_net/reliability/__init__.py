@@ -9,14 +9,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "atomic": ["AtomicDiskSaver", "atomic_save"],
+    "atomic": ["AtomicDiskSaver", "atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+               "atomic_write_text", "default_file_mode"],
+    "best_model": ["BestModelSaver", "non_finite_parameters"],
+    "data_rng": ["capture_data_rng", "restore_data_rng"],
+    "dataloader": ["TimeoutDataLoader"],
+    "divergence": ["NonFiniteLossGuard", "TrainingDivergedError"],
     "checkpoint": ["ResumableCheckpoint", "TrainingProgress", "capture_rng_state", "restore_rng_state",
                    "find_checkpoints", "load_checkpoint_file"],
-    "errors": ["CheckpointError", "CorruptWeightsError", "DataVerificationError", "ReliabilityError",
-               "UnsafeWeightsError", "WeightsIntegrityError"],
-    "inference": ["SafeSlidingWindowInferer", "sliding_window_predict", "validate_image"],
+    "errors": ["AtomicWriteError", "CheckpointError", "CorruptWeightsError", "DataVerificationError",
+               "ReliabilityError", "UnsafeWeightsError", "WeightsIntegrityError"],
+    "loading": ["SafeCheckpointLoader", "non_finite_entries"],
+    "run_lock": ["RunLock", "RunLockedError"],
+    "inference": ["SafeSimpleInferer", "SafeSlidingWindowInferer", "sliding_window_predict", "validate_image"],
     "verify_data": ["CaseReport", "Finding", "VerificationReport", "VerifyDataHandler", "verify_data_cli",
-                    "verify_datalist"],
+                    "verify_datalist", "verify_datalist_file", "missing_class_warnings"],
     "weights": ["file_sha256", "safe_load_weights", "safe_torch_load", "verify_sha256"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -2,9 +2,11 @@
 
 ``ResumableCheckpoint`` builds on :class:`ignite.handlers.Checkpoint` with :class:`AtomicDiskSaver`.
 Every checkpoint holds the trainer state (epoch, iteration), the given objects (model, optimizer, LR
-scheduler, AMP scaler, ...), RNG states (python, numpy, torch, cuda) and the best metric with the full
-metric history. With ``resume`` it restores the newest *readable* checkpoint at ``Events.STARTED``: a
-truncated or unreadable newer file is reported (naming the file) and the previous good one is used.
+scheduler, AMP scaler, ...), RNG states (python, numpy, torch, cuda, and those of the data pipeline:
+MONAI ``Randomizable`` transforms and ``torch.Generator`` objects of the data loader), the best metric with
+the full metric history and the record of the best-model file (:class:`BestModelSaver`). With ``resume`` it
+restores the newest *readable* checkpoint at ``Events.STARTED``: a truncated or unreadable newer file is
+reported (naming the file) and the previous good one is used.
 Loading uses ``torch.load(weights_only=True)`` only: everything is stored as tensors and plain types.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from .atomic import TMP_SUFFIX, AtomicDiskSaver
+from .best_model import non_finite_parameters
+from .data_rng import capture_data_rng, restore_data_rng
 from .errors import CheckpointError, CorruptWeightsError, UnsafeWeightsError
 from .weights import safe_torch_load
 
@@ -41,7 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "medurwkv_net.resumable_checkpoint/1"
-_RESERVED = ("trainer", "progress", "checkpointer")
+_RESERVED = ("trainer", "progress", "checkpointer", "best_model")
 
 
 # ----------------------------------------------------------------------------------------------- RNG
@@ -102,6 +106,7 @@ class TrainingProgress:
         self.best_metric_epoch: int = -1
         self.history: dict[int, dict] = {}
         self.restore_rng = True
+        self.data_rng: list[dict] | None = None  # random states of the data pipeline, set before each save
 
     def record(self, epoch: int, iteration: int, metrics: Mapping[str, Any]) -> None:
         values = {}
@@ -137,6 +142,7 @@ class TrainingProgress:
             "best_metric_epoch": self.best_metric_epoch,
             "history": self.history_list(),
             "rng": capture_rng_state(),
+            "data_rng": self.data_rng,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -145,6 +151,7 @@ class TrainingProgress:
         self.history = {int(h["epoch"]): dict(h) for h in state["history"]}
         if self.restore_rng and state.get("rng") is not None:
             restore_rng_state(state["rng"])
+        self.data_rng = state.get("data_rng")
 
 
 # ------------------------------------------------------------------------------------ file helpers
@@ -207,6 +214,12 @@ class ResumableCheckpoint:
         strict: passed to ``model.load_state_dict`` on resume.
         restore_rng: restore the RNG states on resume (default).
         before_replace: test hook ``f(tmp_path, final_path)`` called before each ``os.replace``.
+        best_model: the :class:`BestModelSaver` of the validation evaluator; its record (best value, epoch,
+            file hash) is saved with every checkpoint and restored on resume, so that a resumed run never
+            replaces the best model with a worse one.
+
+    A checkpoint is never written while a weight holds NaN/Inf (the save raises ``RuntimeError``): the last
+    checkpoint on disk is always one a run can resume from.
     """
 
     def __init__(
@@ -225,6 +238,7 @@ class ResumableCheckpoint:
         strict: bool = True,
         restore_rng: bool = True,
         before_replace: Callable[[Path, Path], None] | None = None,
+        best_model: Any = None,
     ):
         if isinstance(resume, str):
             low = resume.strip().lower()
@@ -254,6 +268,9 @@ class ResumableCheckpoint:
         self.metric_engine = metric_engine
         self.strict = strict
         self.before_replace = before_replace
+        if best_model is not None and not all(hasattr(best_model, a) for a in ("state_dict", "load_state_dict")):
+            raise TypeError(f"best_model ({type(best_model).__name__}) has no state_dict/load_state_dict")
+        self.best_model = best_model
         self.progress = TrainingProgress(metric_name=metric_name, mode=mode)
         self.progress.restore_rng = restore_rng
         self.trainer: Engine | None = None
@@ -275,6 +292,8 @@ class ResumableCheckpoint:
         self.saver = AtomicDiskSaver(self.save_dir, create_dir=True, require_empty=False,
                                      before_replace=self.before_replace)
         to_save = {"trainer": engine, **self.objects, "progress": self.progress}
+        if self.best_model is not None:
+            to_save["best_model"] = self.best_model
         self.checkpointer = Checkpoint(
             to_save,
             self.saver,
@@ -337,6 +356,15 @@ class ResumableCheckpoint:
 
     def _save(self, engine: Engine) -> None:
         assert self.checkpointer is not None
+        bad = non_finite_parameters(self.objects)
+        if bad:
+            raise RuntimeError(
+                f"refusing to write a checkpoint to '{self.save_dir}' at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}: {len(bad)} state tensor(s) hold NaN/Inf values (first: {bad[0]}). "
+                "Training diverged; lower the learning rate or check the data, then resume from the last checkpoint."
+            )
+        loader = getattr(engine.state, "dataloader", None)
+        self.progress.data_rng = capture_data_rng(loader) if loader is not None else None
         self.checkpointer(engine)
         self._last_saved_iteration = engine.state.iteration
 
@@ -390,6 +418,23 @@ class ResumableCheckpoint:
             raise CheckpointError(f"checkpoint '{path}' does not fit the objects to resume: {e}") from e
         if "checkpointer" in ckpt and self.checkpointer is not None:
             self.checkpointer.load_state_dict(ckpt["checkpointer"])
+        if self.best_model is not None:
+            if "best_model" in ckpt:
+                self.best_model.load_state_dict(ckpt["best_model"])
+            else:
+                logger.warning(
+                    f"checkpoint '{path}' holds no record of the best model: the next validation result replaces "
+                    "it whatever its value"
+                )
+        data_rng, loader = self.progress.data_rng, getattr(engine.state, "dataloader", None)
+        if self.progress.restore_rng and loader is not None:
+            if data_rng is None:
+                logger.warning(
+                    f"checkpoint '{path}' holds no random states of the data pipeline: the resumed run will see "
+                    "other augmentations than an uninterrupted one"
+                )
+            else:
+                restore_data_rng(loader, data_rng, source=f"checkpoint '{path}'")
         self._restore_trainer(engine, ckpt["trainer"], path)
         if self.metric_engine is not None and self.progress.best_metric is not None:
             state = self.metric_engine.state

@@ -28,3 +28,11 @@ class DataVerificationError(ReliabilityError, ValueError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class AtomicWriteError(ReliabilityError, OSError):
+    """A file could not be written (full disk, size limit, I/O error); the previous file is unchanged."""
+
+    def __init__(self, message: str, errno_code: int | None = None):
+        super().__init__(message)
+        self.errno = errno_code

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-__all__ = ["validate_image", "sliding_window_predict", "SafeSlidingWindowInferer", "infer_in_channels"]
+__all__ = ["SafeSimpleInferer", "SafeSlidingWindowInferer", "infer_in_channels", "sliding_window_predict",
+           "validate_image"]
 
 
 def infer_in_channels(network: torch.nn.Module) -> int | None:
@@ -47,6 +48,11 @@ def validate_image(
         )
     if any(s == 0 for s in image.shape):
         raise ValueError(f"{name} has an empty dimension: shape {tuple(image.shape)}")
+    if any(s < 2 for s in image.shape[2:]):
+        raise ValueError(
+            f"{name} is {' x '.join(str(s) for s in image.shape[2:])} pixels: too small to segment (every spatial "
+            "dimension needs at least 2 pixels); no mask was produced for it"
+        )
     if in_channels is not None and image.shape[1] != in_channels:
         raise ValueError(
             f"{name} has {image.shape[1]} channel(s) (shape {tuple(image.shape)}), the network expects "
@@ -68,35 +74,124 @@ def validate_image(
     return image
 
 
-class SafeSlidingWindowInferer(SlidingWindowInferer):
-    """``SlidingWindowInferer`` that validates its input (NaN/Inf, channel count, rank), runs the network
-    in eval mode without autograd, and refuses non-finite network output. Drop-in for bundle ``inferer``."""
+def _source(inputs: Any) -> str:
+    meta = getattr(inputs, "meta", None) or {}
+    name = meta.get("filename_or_obj")
+    if isinstance(name, (list, tuple)):
+        name = ", ".join(str(n) for n in name)
+    return f"'{name}'" if name else f"an input of shape {tuple(inputs.shape)}"
 
-    def __init__(self, roi_size: Sequence[int] | int, *args: Any, in_channels: int | None = None,
-                 check_output: bool = True, **kwargs: Any):
-        super().__init__(roi_size, *args, **kwargs)
-        self.in_channels = in_channels
-        self.check_output = check_output
 
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
-        roi = self.roi_size
-        spatial_dims = len(roi) if isinstance(roi, Sequence) else inputs.ndim - 2
+def _weights_origin(checkpoint: str | None) -> str:
+    return f"the weights loaded from '{checkpoint}'" if checkpoint else "the network's current weights"
+
+
+def _check_network(network: Any, checkpoint: str | None) -> None:
+    """Raise ``RuntimeError`` naming the checkpoint if a parameter or buffer of ``network`` is NaN/Inf."""
+    if not isinstance(network, torch.nn.Module):
+        return
+    bad = [n for n, t in (*network.named_parameters(), *network.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise RuntimeError(
+            f"refusing to run inference: {len(bad)} weight tensor(s) of {_weights_origin(checkpoint)} hold NaN/Inf "
+            f"values (first: {bad[0]}); the checkpoint is corrupt or comes from a diverged training, use another one"
+        )
+
+
+def _check_output(out: Any, inputs: torch.Tensor, checkpoint: str | None, network: Any) -> None:
+    tensors = out.values() if isinstance(out, dict) else (out if isinstance(out, (tuple, list)) else [out])
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
+            _check_network(network, checkpoint)
+            raise RuntimeError(
+                f"the network ({_weights_origin(checkpoint)}) produced {int((~torch.isfinite(t)).sum())} NaN/Inf "
+                f"outputs for {_source(inputs)} (input range [{float(inputs.min())}, {float(inputs.max())}]); "
+                "no mask was produced"
+            )
+
+
+class _CheckedInferer:
+    """Shared checks: valid input, eval without autograd, finite weights and output (refused naming the
+    checkpoint)."""
+
+    def _checked_call(self, call: Any, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         in_ch = self.in_channels
         if in_ch is None and isinstance(network, torch.nn.Module):
             in_ch = infer_in_channels(network)
-        inputs = validate_image(inputs, spatial_dims, in_ch)
-        with torch.no_grad():
-            out = super().__call__(inputs, network, *args, **kwargs)
+        meta = getattr(inputs, "meta", None) or {}
+        name = f"image {_source(inputs)}" if meta.get("filename_or_obj") else "image"
+        original = meta.get("spatial_shape")  # the size as read, before any resize
+        if original is not None:
+            sizes = [int(x) for x in torch.as_tensor(original).flatten().tolist()]
+            if any(x < 2 for x in sizes):
+                raise ValueError(
+                    f"{name} is {' x '.join(map(str, sizes))} pixels: too small to segment (every spatial dimension "
+                    "needs at least 2 pixels); no mask was produced for it"
+                )
+        inputs = validate_image(inputs, self._spatial_dims(inputs), in_ch, name=name)
+        try:
+            with torch.no_grad():
+                out = call(inputs, network, *args, **kwargs)
+        except (RuntimeError, ValueError):
+            _check_network(network, self.checkpoint)  # NaN weights make some layers raise before any output
+            raise
         if self.check_output:
-            tensors = out.values() if isinstance(out, dict) else (out if isinstance(out, (tuple, list)) else [out])
-            for t in tensors:
-                if isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
-                    raise RuntimeError(
-                        f"the network produced {int((~torch.isfinite(t)).sum())} NaN/Inf outputs for an input of "
-                        f"shape {tuple(inputs.shape)} (range [{float(inputs.min())}, {float(inputs.max())}]); "
-                        "no mask was produced"
-                    )
+            _check_output(out, inputs, self.checkpoint, network)
         return out
+
+
+class SafeSlidingWindowInferer(_CheckedInferer, SlidingWindowInferer):
+    """``SlidingWindowInferer`` that validates its input (NaN/Inf, channel count, rank), runs the network
+    in eval mode without autograd, and refuses non-finite weights or output, naming ``checkpoint``.
+    Drop-in for bundle ``inferer``.
+
+    Args:
+        roi_size: window size.
+        in_channels: expected input channels (default: from the network's first convolution).
+        check_output: refuse NaN/Inf network output.
+        checkpoint: the file the weights come from, named in the messages.
+        args, kwargs: passed to ``SlidingWindowInferer``.
+    """
+
+    def __init__(self, roi_size: Sequence[int] | int, *args: Any, in_channels: int | None = None,
+                 check_output: bool = True, checkpoint: str | None = None, **kwargs: Any):
+        super().__init__(roi_size, *args, **kwargs)
+        self.in_channels = in_channels
+        self.check_output = check_output
+        self.checkpoint = checkpoint
+
+    def _spatial_dims(self, inputs: torch.Tensor) -> int:
+        roi = self.roi_size
+        return len(roi) if isinstance(roi, Sequence) else inputs.ndim - 2
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
+        return self._checked_call(super().__call__, inputs, network, *args, **kwargs)
+
+
+class SafeSimpleInferer(_CheckedInferer, SimpleInferer):
+    """``SimpleInferer`` (one forward pass) with the checks of :class:`SafeSlidingWindowInferer`.
+
+    Args:
+        spatial_dims: number of spatial dimensions of the input.
+        in_channels: expected input channels (default: from the network's first convolution).
+        check_output: refuse NaN/Inf network output.
+        checkpoint: the file the weights come from, named in the messages.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int | None = None, check_output: bool = True,
+                 checkpoint: str | None = None):
+        super().__init__()
+        self.spatial_dims = int(spatial_dims)
+        self.in_channels = in_channels
+        self.check_output = check_output
+        self.checkpoint = checkpoint
+
+    def _spatial_dims(self, inputs: torch.Tensor) -> int:
+        return self.spatial_dims
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
+        return self._checked_call(super().__call__, inputs, network, *args, **kwargs)
 
 
 def sliding_window_predict(

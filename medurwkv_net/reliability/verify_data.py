@@ -13,6 +13,7 @@ Files are read with MONAI's readers (``PILReader`` for 2D bitmaps, ``NibabelRead
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from ignite.engine import Engine, Events
 
+from .atomic import atomic_write_json
 from .errors import DataVerificationError
 
 __all__ = [
@@ -60,6 +62,7 @@ class CaseReport:
     label: Any = None
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    label_classes: list[int] | None = None  # class values present in the label (None: not read)
 
     @property
     def ok(self) -> bool:
@@ -280,6 +283,7 @@ def _check_label_values(
             return
     values = np.unique(arr)
     ints = [int(v) for v in values.tolist()]
+    case.label_classes = ints
     if allowed is not None:
         bad = [v for v in ints if v not in allowed]
         if bad:
@@ -308,6 +312,42 @@ class _Options:
     allowed_channels: set[int] | None
     affine_atol: float
     check_duplicates: bool
+    spatial_dims: int | None = None
+    roots: tuple[str, ...] = ()
+
+
+def _real_path(path: Path) -> str | None:
+    """The real path of ``path``, or None for a symlink loop."""
+    try:
+        return str(path.resolve())
+    except RuntimeError:  # "Symlink loop from ..." (Python < 3.13)
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        raise
+
+
+def _roots(dataset_dir: Any) -> tuple[str, ...]:
+    if dataset_dir is None:
+        return ()
+    folders = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
+    return tuple(dict.fromkeys(os.path.abspath(f) for f in folders))
+
+
+def _check_path(case: CaseReport, part: Path, what: str, opts: _Options) -> bool:
+    """Errors for a path outside the dataset folder or a symlink loop; True if the path may be read."""
+    if opts.roots:
+        here = os.path.abspath(part)
+        if not any(os.path.commonpath([here, root]) == root for root in opts.roots):
+            where = " or ".join(f"'{r}'" for r in opts.roots)
+            case.error("outside", f"{what} file '{part}' is outside the dataset folder {where} (it is '{here}'); "
+                                  "keep the data inside dataset_dir or set dataset_dir to the folder holding it")
+            return False
+    if os.path.islink(part) and _real_path(part) is None:
+        case.error("symlink", f"{what} file '{part}' is a symbolic link loop; fix or remove the link")
+        return False
+    return True
 
 
 def _check_mask_values(case: CaseReport, arr: np.ndarray, threshold: float | None, what: str) -> np.ndarray | None:
@@ -337,6 +377,8 @@ def verify_datalist(
     check_duplicates: bool = True,
     base_dir: str | os.PathLike | None = None,
     raise_on_error: bool = False,
+    spatial_dims: int | None = None,
+    dataset_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> VerificationReport:
     """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
 
@@ -356,6 +398,10 @@ def verify_datalist(
         require_label: a case without ``label_key`` is an error ("missing partner").
         base_dir: relative paths are resolved against it.
         raise_on_error: raise :class:`DataVerificationError` (with the summary) if any case fails.
+        spatial_dims: number of spatial dimensions the network takes (``len(spatial_size)``); an image with
+            another number (a 3D or 4D volume in a 2D pipeline) is an error.
+        dataset_dir: every file must lie inside this folder, or one of these folders (a path leaving it with
+            ``../`` is an error).
     """
     if label_mode not in ("index", "mask"):
         raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
@@ -384,7 +430,8 @@ def verify_datalist(
     else:
         chans = None
     opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
-                    bool(check_duplicates))
+                    bool(check_duplicates), None if spatial_dims is None else int(spatial_dims),
+                    _roots(dataset_dir))
 
     if isinstance(datalist, Mapping):
         groups = [(str(k), v) for k, v in datalist.items()]
@@ -446,6 +493,8 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
     for part in parts:
         part = resolve(part)
         if isinstance(part, Path):
+            if not _check_path(case, part, "image", opts):
+                continue
             if not part.is_file():
                 case.error("missing", f"image file '{part}' does not exist")
                 continue
@@ -458,7 +507,8 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
             try:
                 ld = _load_one(part, hash_content=opts.check_duplicates)
             except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
-                case.error("unreadable", f"image file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
+                case.error("unreadable",
+                           f"image file '{part}' cannot be read (truncated or corrupt?): {_first_line(e)}")
                 continue
             if opts.check_duplicates and ld.digest is not None and not same_path:
                 if ld.digest in seen_digests and seen_digests[ld.digest] != case.case_id:
@@ -478,6 +528,11 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
         case.error("shape", f"image files have different spatial shapes {sorted(shapes)}")
         return None
     img = loaded[0]
+    if opts.spatial_dims is not None and len(img.spatial_shape) != opts.spatial_dims:
+        case.error("dims", f"image has {len(img.spatial_shape)} spatial dimension(s) (spatial shape "
+                           f"{img.spatial_shape}, {img.channels} channel(s)), the network takes "
+                           f"{opts.spatial_dims}D images")
+        return None
     channels = sum(ld.channels for ld in loaded)
     if opts.allowed_channels is not None and channels not in opts.allowed_channels:
         expected = sorted(opts.allowed_channels)
@@ -490,9 +545,11 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
     return img
 
 
-def _load_label_part(case, part, resolve, img, image_paths) -> _Loaded | None:
+def _load_label_part(case, part, resolve, img, image_paths, opts: _Options) -> _Loaded | None:
     part = resolve(part)
     if isinstance(part, Path):
+        if not _check_path(case, part, "label", opts):
+            return None
         if not part.is_file():
             case.error("missing", f"missing partner: label file '{part}' does not exist")
             return None
@@ -517,12 +574,12 @@ def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_d
     img = _verify_image(case, image, resolve, opts, seen_paths, seen_digests)
     if label is None:
         return
-    image_paths = {str(resolve(p).resolve()) for p in _as_list(image) if isinstance(resolve(p), Path)}
+    image_paths = {_real_path(resolve(p)) for p in _as_list(image) if isinstance(resolve(p), Path)} - {None}
     parts = _as_list(label)
     if opts.label_mode == "index" and len(parts) != 1:
         case.error("entry", f"label_mode 'index' takes one label file, got {len(parts)}")
         return
-    labs = [_load_label_part(case, p, resolve, img, image_paths) for p in parts]
+    labs = [_load_label_part(case, p, resolve, img, image_paths, opts) for p in parts]
     if any(lab is None for lab in labs):
         return
     for lab, part in zip(labs, parts):
@@ -543,11 +600,12 @@ def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_d
             fg_any = fg_any or bool(fg.any())
             if lab.array.size:
                 nonzero_max = max(nonzero_max, float(np.max(lab.array)))
+        case.label_classes = [0, 1] if fg_any else [0]
         if not fg_any:
             if nonzero_max > 0:
+                threshold = opts.label_threshold if opts.label_threshold is not None else "auto (127)"
                 case.warn("empty_label", f"mask has non-zero values (max {nonzero_max:g}) but none above the "
-                                         f"threshold {opts.label_threshold if opts.label_threshold is not None else 'auto (127)'}: "
-                                         "empty after thresholding")
+                                         f"threshold {threshold}: empty after thresholding")
             else:
                 case.warn("empty_label", "label is empty (background 0 only)")
         return
@@ -578,6 +636,110 @@ def _compare_affines(case, a: np.ndarray, b: np.ndarray, atol: float, what: str)
 
 
 # ---------------------------------------------------------------------------------- ignite handler
+_VERIFIED: set[str] = set()  # cases verified by verify_datalist_file in this process
+
+
+def _case_key(entry: Any, image_key: str = "image", label_key: str = "label") -> str:
+    if isinstance(entry, Mapping):
+        return json.dumps([_describe(entry.get(image_key)), _describe(entry.get(label_key))])
+    return json.dumps([_describe(entry), None])
+
+
+def verify_datalist_file(
+    datalist_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    enabled: bool = True,
+    class_names: Sequence[str] | None = None,
+    **settings: Any,
+) -> str:
+    """Verify every split of a MONAI (Decathlon-style) datalist file before any dataset reads a file.
+
+    Bundles use it in the ``data`` of every dataset, e.g.
+    ``"$monai.data.load_decathlon_datalist(@verified_datalist, True, 'training')"`` with
+    ``"verified_datalist": "$medurwkv_net.reliability.verify_datalist_file(@datalist_file, @dataset_dir, ...)"``,
+    so that a bad case is reported by name before ``CacheDataset`` loads anything.
+
+    Args:
+        datalist_file: the JSON datalist; every key holding a list of cases (``training``, ``validation``,
+            ``test``, ...) is verified, with paths resolved as ``load_decathlon_datalist`` resolves them.
+        dataset_dir: every file must lie inside this folder or the datalist's own folder.
+        enabled: ``False`` skips the check (the config's ``verify_data``).
+        class_names: names of the classes, for the warning about a class missing from the validation labels.
+        settings: passed to :func:`verify_datalist` (``num_classes``, ``spatial_dims``, ``label_mode``, ...).
+
+    Returns:
+        ``datalist_file``, unchanged.
+
+    Raises:
+        DataVerificationError: a case failed (the message lists each one with its file and the reason).
+    """
+    if not enabled:
+        return str(datalist_file)
+    from monai.data import load_decathlon_datalist
+
+    path = Path(datalist_file)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataVerificationError(f"datalist '{path}' cannot be read as JSON: {_first_line(e)}") from e
+    if not isinstance(raw, Mapping):
+        raise DataVerificationError(f"datalist '{path}' holds a {type(raw).__name__}, expected a JSON object")
+    keys = [k for k, v in raw.items() if isinstance(v, list) and v and all(isinstance(c, Mapping) for c in v)]
+    if not keys:
+        raise DataVerificationError(f"datalist '{path}' has no list of cases (keys: {sorted(raw)})")
+    lists = {k: load_decathlon_datalist(str(path), True, k) for k in keys}
+    roots = None if dataset_dir is None else [dataset_dir, path.parent]
+    report = verify_datalist(lists, dataset_dir=roots, **settings)
+    if not report.ok:
+        raise DataVerificationError(
+            f"training refused: the datalist '{path}' failed verification (set verify_data to false to skip it)\n"
+            + report.summary(),
+            report=report,
+        )
+    logger.info(report.summary(max_cases=20))
+    if settings.get("num_classes") is not None:
+        for warning in missing_class_warnings(report, int(settings["num_classes"]), class_names):
+            logger.warning(warning)
+    for cases in lists.values():
+        _VERIFIED.update(_case_key(c) for c in cases)
+    return str(datalist_file)
+
+
+def missing_class_warnings(
+    report: VerificationReport,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    splits: Sequence[str] = ("validation",),
+    max_cases: int = 5,
+) -> list[str]:
+    """Warnings for classes without foreground in any case of a split (their Dice is undefined every epoch).
+
+    Args:
+        report: a report of :func:`verify_datalist` over a mapping of splits (case ids ``<split>[<i>]``).
+        num_classes: number of classes, background (0) included.
+        class_names: names of the classes, in value order.
+        splits: the splits to check.
+        max_cases: number of cases named per warning.
+    """
+    out = []
+    for split in splits:
+        cases = [c for c in report.cases if c.case_id.startswith(f"{split}[") and c.label_classes is not None]
+        if not cases:
+            continue
+        for value in range(1, num_classes):
+            if any(value in c.label_classes for c in cases):
+                continue
+            name = f" ('{class_names[value]}')" if class_names and value < len(class_names) else ""
+            shown = ", ".join(f"{c.case_id} {_describe(c.label)}" for c in cases[:max_cases])
+            more = f" and {len(cases) - max_cases} more" if len(cases) > max_cases else ""
+            out.append(
+                f"the {split} labels hold no class {value}{name} in any of their {len(cases)} case(s) ({shown}{more}): "
+                f"its Dice is undefined (NaN) every epoch and the validation metric cannot rate it; add {split} "
+                "cases that contain it"
+            )
+    return out
+
+
 class VerifyDataHandler:
     """Runs :func:`verify_datalist` at ``Events.STARTED`` and refuses to train on bad data.
 
@@ -619,6 +781,11 @@ class VerifyDataHandler:
         data = self.datalist() if callable(self.datalist) else self.datalist
         if hasattr(data, "data") and not isinstance(data, (list, tuple, Mapping)):
             data = data.data  # a MONAI Dataset
+        cases = [c for v in data.values() for c in v] if isinstance(data, Mapping) else list(data)
+        if cases and all(_case_key(c, self.image_key, self.label_key) in _VERIFIED for c in cases):
+            logger.info(f"{len(cases)} case(s) already verified before loading (verify_datalist_file)")
+            self.report = VerificationReport([])
+            return self.report
         report = verify_datalist(data, self.num_classes, image_key=self.image_key,
                                  label_key=self.label_key, **self.kwargs)
         self.report = report
@@ -730,6 +897,8 @@ def verify_data_cli(
         parser["dataset_dir"] = str(dataset_dir)
     for k, v in override.items():
         parser[k] = v
+    if "verify_data" in parser:
+        parser["verify_data"] = False  # the datasets' own check would stop at the first failure; report all here
 
     settings: dict[str, Any] = {}
     m_classes, m_channels, channel_def = _from_meta(meta)
@@ -742,6 +911,10 @@ def verify_data_cli(
     for key in ("label_mode", "label_threshold"):
         if key in parser:
             settings[key] = parser.get_parsed_content(key)
+    if "spatial_size" in parser:
+        settings["spatial_dims"] = len(parser.get_parsed_content("spatial_size"))
+    if "dataset_dir" in parser:
+        settings["dataset_dir"] = parser.get_parsed_content("dataset_dir")
     settings.update(_handler_settings(parser))
     cli = {"num_classes": num_classes, "image_channels": image_channels, "allowed_channels": allowed_channels,
            "label_mode": label_mode, "label_threshold": label_threshold}
@@ -765,9 +938,7 @@ def verify_data_cli(
     report = verify_datalist(lists, **settings)
     print(report.summary(max_cases=max_cases))
     if report_file:
-        Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-        with open(report_file, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        atomic_write_json(report_file, report.to_dict(), indent=2)
     if not report.ok:
         sys.stdout.flush()
         raise SystemExit(1)

@@ -139,7 +139,7 @@ def make_glas(root: Path, counts=None) -> SyntheticRelease:
     (base / "Grade.csv").write_text("name,patient ID,grade (GlaS),grade (Sirinukunwattana et al. 2015)\n")
     rel = SyntheticRelease("glas", Path(root), base)
     for subset, n in (counts or {"train": 5, "testA": 2, "testB": 2}).items():
-        for i, w, h, rng in _cases(n, seed=len(subset) * 3 + n):
+        for i, w, h, rng in _cases(n, seed=sum(subset.encode()) + n):  # testA and testB differ
             case = f"{subset}_{i + 1}"
             m1 = _blob(w, h, rng)
             inst = np.zeros((h, w), np.uint8)

@@ -17,7 +17,9 @@ def make_run(n_samples: int = 32, batch_size: int = 4, seed: int = 0, dropout: f
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(8, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(8, 1)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)

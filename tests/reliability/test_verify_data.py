@@ -303,7 +303,8 @@ def test_cli_errors_name_the_missing_config(tmp_path):
 def test_empty_datalist_is_an_error(tmp_path):
     rep = verify_datalist({"train": [], "validate": [{"image": png(tmp_path / "a.png", rgb()),
                                                       "label": png(tmp_path / "m.png", mask())}]}, num_classes=2)
-    assert not rep.ok and rep.problems == ["datalist 'train' is empty: no case to train/validate on (wrong dataset_dir?)"]
+    assert not rep.ok
+    assert rep.problems == ["datalist 'train' is empty: no case to train/validate on (wrong dataset_dir?)"]
     assert "ERROR datalist 'train' is empty" in rep.summary()
 
 
@@ -373,7 +374,8 @@ def test_multi_file_image_channels(tmp_path):
     t1, t2 = nii(tmp_path / "t1.nii.gz", vol()), nii(tmp_path / "t2.nii.gz", vol())
     small = nii(tmp_path / "small.nii.gz", vol((10, 12, 7)))
     seg = nii(tmp_path / "seg.nii.gz", lab3d())
-    rep = verify_datalist([{"image": [t1, t2], "label": seg}, {"image": [t1.replace("t1", "t1b"), small], "label": seg}],
+    rep = verify_datalist([{"image": [t1, t2], "label": seg},
+                           {"image": [t1.replace("t1", "t1b"), small], "label": seg}],
                           num_classes=2, image_channels=2, check_duplicates=False)
     assert rep.cases[0].ok, rep.summary()
     assert "t1b.nii.gz' does not exist" in str(rep.cases[1].errors)
