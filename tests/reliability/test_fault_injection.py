@@ -5,17 +5,14 @@ One scenario, three processes (kept short: each process start costs the torch/MO
   B) resume; SIGKILL inside the first checkpoint write (temp file complete, before os.replace);
   C) resume again and finish.
 """
-import os
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import torch
 
 from medurwkv_net.reliability import find_checkpoints, load_checkpoint_file
 
+from ._subprocess import launch
 from ._train_helpers import make_run
 
 SCRIPT = Path(__file__).with_name("fault_train.py")
@@ -25,26 +22,7 @@ MAX_EPOCHS = 4
 
 def _launch(save_dir, resume, *extra, kill_on=None, timeout=240):
     """Run fault_train.py; if ``kill_on`` prefix appears on stdout, SIGKILL the child right then."""
-    cmd = [sys.executable, str(SCRIPT), str(save_dir), str(MAX_EPOCHS), resume, *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    lines, killed_at = [], None
-    try:
-        for line in proc.stdout:
-            lines.append(line.strip())
-            if kill_on and line.startswith(kill_on):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_at = line.strip()
-                break
-        proc.wait()
-        err = proc.stderr.read()
-    finally:
-        watchdog.cancel()
-        proc.stdout.close()
-        proc.stderr.close()
-    return proc.returncode, lines, killed_at, err
+    return launch(SCRIPT, save_dir, MAX_EPOCHS, resume, *extra, kill_on=kill_on, timeout=timeout)
 
 
 def _iters(lines):
