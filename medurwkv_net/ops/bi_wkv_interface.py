@@ -38,8 +38,8 @@ import torch
 from .bi_wkv_torch import bi_wkv_torch
 
 __all__ = [
-    "bi_wkv", "bi_wkv_ref", "bi_wkv_torch", "bi_wkv_kernel_forward", "bi_wkv_kernel_backward", "BACKENDS", "ENV_BACKEND",
-    "resolve_backend",
+    "bi_wkv", "bi_wkv_ref", "bi_wkv_torch", "bi_wkv_kernel_forward", "bi_wkv_kernel_backward", "BACKENDS",
+    "ENV_BACKEND", "resolve_backend",
 ]
 
 BACKENDS = ("auto", "cpu", "cuda", "torch", "ref")

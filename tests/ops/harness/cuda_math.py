@@ -26,7 +26,8 @@ def build(out_dir: Path, defines: Sequence[str] = ()) -> Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++ or c++) on PATH")
     exe = out_dir / ("cuda_math_harness" + "".join(f"_{d}" for d in defines))
-    cmd = [cxx, "-O2", "-std=c++17", "-Wall", "-Werror", f"-I{CSRC}", str(HERE / "cuda_math_harness.cpp"), "-o", str(exe)]
+    cmd = [cxx, "-O2", "-std=c++17", "-Wall", "-Werror", f"-I{CSRC}", str(HERE / "cuda_math_harness.cpp")]
+    cmd += ["-o", str(exe)]
     cmd += [f"-D{d}" for d in defines]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return exe
