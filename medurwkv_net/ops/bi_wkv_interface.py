@@ -285,10 +285,11 @@ def _kernel_ready(name: str, device: str, explicit: bool) -> bool:
     from . import build
 
     dev = torch.device(device)
+    explicit = explicit or os.environ.get(ENV_BACKEND, "").strip().lower() == name
     try:
         build.load_extension(cuda=(name == "cuda"))
     except Exception as err:  # noqa: BLE001 - any build/import failure means "not available"
-        if explicit or os.environ.get(ENV_BACKEND, "").strip().lower() == name:
+        if explicit:
             raise RuntimeError(f"bi_wkv: the {name} kernel is not available: {err}") from err
         _warn_once(
             name,
