@@ -26,7 +26,7 @@
 // a task whose tiles fail the test are computed by the log-scaled math of bi_wkv_math.cuh (the CUDA
 // kernels' math, run on the host in float64): exact for any finite w, u, k, and never a fallback.
 //
-// Values are centred, v' = v - c0 with c0 = mean_t v per (b, c) (as in bi_wkv_math.cuh): the forward
+// Values are centred, v' = v - c0 with c0 = biwkv::centre (as in bi_wkv_math.cuh): the forward
 // also returns y' = y - c0, and the backward, which uses only v' and y', loses no digits to a large
 // common offset in v.
 #include <torch/extension.h>
@@ -142,7 +142,7 @@ struct Group {
   vec* kmax;  // [n] max_t k (the scale; cancels in num / den)
   vec* ew;    // [n] exp(-w)
   vec* eu;    // [n] exp(u)
-  vec* c0;    // [n] centring value (mean_t v)
+  vec* c0;    // [n] centring value (biwkv::centre)
 };
 
 // Channel maxima / minima of k and the float64-range test over the first `valid` channels.
@@ -510,13 +510,14 @@ void check_args(const torch::Tensor& w, const torch::Tensor& u, const torch::Ten
 }  // namespace
 
 // Returns (y, yc, lse, c0): y and the centred output yc = y - c0 in the dtype of k, lse empty (the CPU
-// backward does not need it), c0 = mean_t v ([B, C], float64).
+// backward does not need it), c0 = the centring value ([B, C], float64).
 std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v) {
   check_args(w, u, k, v);
   const Tiling tg = make_tiling(k);
   auto wd = w.to(torch::kDouble).contiguous();
   auto ud = u.to(torch::kDouble).contiguous();
-  auto c0 = v.mean(1, false, torch::kDouble).contiguous();
+  // the centring value of bi_wkv_math.cuh: the mean of v over the first chunk
+  auto c0 = v.narrow(1, 0, std::min<int64_t>(k.size(1), biwkv::kChunk)).mean(1, false, torch::kDouble).contiguous();
   auto y = torch::empty_like(k);
   auto yc = torch::empty_like(k);
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_forward", [&] {

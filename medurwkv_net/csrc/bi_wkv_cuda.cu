@@ -4,7 +4,7 @@
 // the per-lane steps of the chunk scan, the gradient formulas) lives in bi_wkv_math.cuh, which the CPU
 // tests compile and run as host code; this file holds only the launches and the warp shuffles.
 //
-// Per call, with no host synchronisation: c0 = mean_t v (the centring value, one torch reduction),
+// Per call, with no host synchronisation: c0 (the centring value, a reduction over the first chunk),
 // then three phases over chunks of biwkv::kChunk tokens, one thread per (b, chunk, c):
 //   1. *_carries: each chunk's own left and right sums;
 //   2. scan_carries: one warp per (b, c) scans them over the chunks;
@@ -13,8 +13,8 @@
 //
 // Bytes moved per element (float32, L = kChunk = 16; carries are 3 (forward) or 5 (backward) floats
 // per direction and chunk):
-//   forward : c0 4, phase 1 8 (k, v), carries 1.5 + scan 3, phase 3 8 (k, v) + 1.5 + 12 (y, y', lse)
-//             = 38 bytes;
+//   forward : phase 1 8 (k, v), carries 1.5 + scan 3, phase 3 8 (k, v) + 1.5 + 12 (y, y', lse)
+//             = 34 bytes;
 //   backward: phase 1 12 (y', lse, dy), carries 2.5 + scan 5, phase 3 20 (k, v, y', lse, dy) + 2.5
 //             + 8 (dk, dv) + 0.5 (du, dw partials) = 50.5 bytes.
 #include <torch/extension.h>
@@ -217,14 +217,15 @@ torch::ScalarType acc_type(const torch::Tensor& k) {
 }  // namespace
 
 // Returns (y, yc, lse, c0): y in the dtype of k; the centred output y - c0, log den and the centring
-// value c0 = mean_t v ([B, C]) in the accumulation dtype, for the backward.
+// value c0 ([B, C]) in the accumulation dtype, for the backward.
 std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v) {
   check(w, u, k, v);
   const c10::cuda::CUDAGuard guard(k.device());
   const auto acc = acc_type(k);
   auto wf = w.to(acc).contiguous();
   auto uf = u.to(acc).contiguous();
-  auto c0 = v.mean(1, false, acc).contiguous();  // [B, C]
+  // [B, C]: the centring value of bi_wkv_math.cuh (the mean of v over the first chunk)
+  auto c0 = v.narrow(1, 0, std::min<int64_t>(k.size(1), kL)).mean(1, false, acc).contiguous();
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
   Dims d{B, T, C, (T + kL - 1) / kL};
   auto opts = k.options().dtype(acc);

@@ -5,7 +5,7 @@
 //   y_t = (sum_{i != t} exp((|t-i|-1) lam + k_i) v_i + exp(u + k_t) v_t) / (same with v = 1).
 // Every sum is kept in log-scaled form exp(a) * s with a running maximum a (see LogSum::push): no
 // exponential exceeds 1 and no sum overflows or underflows, for any finite w, u and k, in float32
-// as in float64. Values are centred, v' = v - c0 with c0 = v[b, 0, c]: y' = y - c0 comes out of the
+// as in float64. Values are centred, v' = v - c0 with c0 = centre(): y' = y - c0 comes out of the
 // same sums, and every gradient below uses only differences v' - y', so a large common offset in v
 // does not cancel digits.
 //
@@ -116,9 +116,22 @@ struct LogSum {
     return r;
   }
 
-  // exp(scale + off) * s[m] and exp(scale + off) * d[m] (0 for an empty sum).
-  BIWKV_HD A value(int m, A off, A lam) const { return ex(scale(lam) + off) * s[m]; }
-  BIWKV_HD A dist(int m, A off, A lam) const { return ex(scale(lam) + off) * d[m]; }
+  // The sum with its scale fixed (what the output phase keeps per token: one register less than LogSum).
+  struct Frozen {
+    A a;
+    A s[M];
+    A d[D ? M : 1];
+    BIWKV_HD A value(int m, A off) const { return ex(a + off) * s[m]; }
+    BIWKV_HD A dist(int m, A off) const { return ex(a + off) * d[m]; }
+  };
+  BIWKV_HD Frozen frozen(A lam) const {
+    Frozen r;
+    r.a = scale(lam);
+    for (int m = 0; m < M; ++m) r.s[m] = s[m];
+    for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = d[m];
+    return r;
+  }
+
 
   BIWKV_HD void store(A* p, A lam) const {
     p[0] = scale(lam);
@@ -158,6 +171,16 @@ BIWKV_HD LogSum<A, M, D> add(LogSum<A, M, D> x, const LogSum<A, M, D>& y) {
 }
 
 using std::int64_t;
+
+// The centring value c0 of one (b, c): the mean of v over the first chunk (any value near the typical v
+// would do; the kernels take it from this one definition, computed once per call into a [B, C] tensor).
+template <typename A, typename T>
+inline A centre(const T* v, int64_t stride, int64_t Tn) {
+  const int64_t n = Tn < kChunk ? Tn : kChunk;
+  A sum = 0;
+  for (int64_t t = 0; t < n; ++t) sum += static_cast<A>(v[t * stride]);
+  return sum / static_cast<A>(n);
+}
 
 template <typename A>
 using FwdSum = LogSum<A, 2, false>;  // sums of e v' and e
@@ -236,11 +259,11 @@ BIWKV_HD S scan_next_run(const S& last_inclusive, const S& run, A lam) {
 template <typename A, typename T, typename Y>
 BIWKV_HD void fwd_chunk_output(const T* k, const T* v, int64_t stride, int len, A lam, A u, A c0,
                                FwdSum<A> left, FwdSum<A> right, T* y, Y* yc, A* lse) {
-  FwdSum<A> rs[kChunk];
+  typename FwdSum<A>::Frozen rs[kChunk];
 BIWKV_UNROLL
   for (int j = kChunk - 1; j >= 0; --j) {
     if (j < len) {
-      rs[j] = right;
+      rs[j] = right.frozen(lam);
       const A x[2] = {static_cast<A>(v[j * stride]) - c0, A(1)};
       right.push(lam, static_cast<A>(k[j * stride]), x);
     }
@@ -251,10 +274,11 @@ BIWKV_UNROLL
       const A q = static_cast<A>(k[j * stride]);
       const A vv = static_cast<A>(v[j * stride]) - c0;
       const A self = u + q;
-      const A mx = amax(amax(left.scale(lam), rs[j].scale(lam)), self);
+      const typename FwdSum<A>::Frozen l = left.frozen(lam);
+      const A mx = amax(amax(l.a, rs[j].a), self);
       const A es = ex(self - mx);
-      const A num = left.value(0, -mx, lam) + rs[j].value(0, -mx, lam) + es * vv;
-      const A den = left.value(1, -mx, lam) + rs[j].value(1, -mx, lam) + es;
+      const A num = l.value(0, -mx) + rs[j].value(0, -mx) + es * vv;
+      const A den = l.value(1, -mx) + rs[j].value(1, -mx) + es;
       const A out = num / den;
       y[j * stride] = static_cast<T>(out + c0);
       yc[j * stride] = static_cast<Y>(out);
@@ -265,40 +289,53 @@ BIWKV_UNROLL
   }
 }
 
-// Phase 3, backward: dk, dv per token, this chunk's parts of du and dw.
+// Phase 3, backward: dk, dv per token, this chunk's parts of du and dw. The chunk is done in kBwdParts
+// parts of kPart tokens, so that only kPart right sums are held at a time (registers): for each part, the
+// right sum is brought from the chunk's last token to the part's last one, then kept per token.
+constexpr int kBwdParts = 2;
+constexpr int kPart = kChunk / kBwdParts;
+static_assert(kChunk % kBwdParts == 0, "kChunk must be a multiple of kBwdParts");
+
 template <typename A, typename T>
 BIWKV_HD void bwd_chunk_output(const T* k, const T* v, const A* yc, const A* lse, const T* gy, int64_t stride,
                                int len, A lam, A u, A c0, BwdSum<A> left, BwdSum<A> right, T* gk, T* gv,
                                A& du, A& dw) {
-  BwdSum<A> rs[kChunk];
-BIWKV_UNROLL
-  for (int j = kChunk - 1; j >= 0; --j) {
-    if (j < len) {
-      rs[j] = right;
-      const A g = static_cast<A>(gy[j * stride]);
-      const A x[2] = {g, g * yc[j * stride]};
-      right.push(lam, -lse[j * stride], x);
-    }
-  }
   du = 0;
   dw = 0;
 BIWKV_UNROLL
-  for (int j = 0; j < kChunk; ++j) {
-    if (j < len) {
-      const A q = static_cast<A>(k[j * stride]);
-      const A vv = static_cast<A>(v[j * stride]) - c0;
-      const A yy = yc[j * stride];
-      const A g = static_cast<A>(gy[j * stride]);
-      const A ls = lse[j * stride];
-      const A es = ex(u + q - ls);  // eu e_i g_i / dy_i
-      const A dv = left.value(0, q, lam) + rs[j].value(0, q, lam) + es * g;
-      const A dk = vv * dv - (left.value(1, q, lam) + rs[j].value(1, q, lam) + es * g * yy);
-      gv[j * stride] = static_cast<T>(dv);
-      gk[j * stride] = static_cast<T>(dk);
-      du += es * g * (vv - yy);
-      dw -= vv * (left.dist(0, q, lam) + rs[j].dist(0, q, lam)) - (left.dist(1, q, lam) + rs[j].dist(1, q, lam));
-      const A x[2] = {g, g * yy};
-      left.push(lam, -ls, x);
+  for (int part = 0; part < kBwdParts; ++part) {
+    const int j0 = part * kPart;
+    typename BwdSum<A>::Frozen rs[kPart];
+    BwdSum<A> r = right;
+BIWKV_UNROLL
+    for (int j = kChunk - 1; j >= j0; --j) {
+      if (j < len) {
+        if (j < j0 + kPart) rs[j - j0] = r.frozen(lam);
+        const A g = static_cast<A>(gy[j * stride]);
+        const A x[2] = {g, g * yc[j * stride]};
+        r.push(lam, -lse[j * stride], x);
+      }
+    }
+BIWKV_UNROLL
+    for (int j = j0; j < j0 + kPart; ++j) {
+      if (j < len) {
+        const A q = static_cast<A>(k[j * stride]);
+        const A vv = static_cast<A>(v[j * stride]) - c0;
+        const A yy = yc[j * stride];
+        const A g = static_cast<A>(gy[j * stride]);
+        const A ls = lse[j * stride];
+        const A es = ex(u + q - ls);  // eu e_i g_i / dy_i
+        const typename BwdSum<A>::Frozen l = left.frozen(lam);
+        const typename BwdSum<A>::Frozen& rj = rs[j - j0];
+        const A dv = l.value(0, q) + rj.value(0, q) + es * g;
+        const A dk = vv * dv - (l.value(1, q) + rj.value(1, q) + es * g * yy);
+        gv[j * stride] = static_cast<T>(dv);
+        gk[j * stride] = static_cast<T>(dk);
+        du += es * g * (vv - yy);
+        dw -= vv * (l.dist(0, q) + rj.dist(0, q)) - (l.dist(1, q) + rj.dist(1, q));
+        const A x[2] = {g, g * yy};
+        left.push(lam, -ls, x);
+      }
     }
   }
 }

@@ -172,7 +172,8 @@ def bi_wkv_kernel_forward(
 
     Returns:
         ``(y, yc, lse, c0)``: the output in the dtype of ``k``, and for the backward the centred output
-        ``y - c0``, ``log den`` (CUDA; empty on CPU) and the centring value ``c0 = mean_t v`` (``[B, C]``).
+        ``y - c0``, ``log den`` (CUDA; empty on CPU) and the centring value ``c0`` (``[B, C]``, the mean of
+        ``v`` over the first 16 tokens).
     """
     from . import build
 

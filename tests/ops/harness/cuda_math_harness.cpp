@@ -24,9 +24,7 @@ std::vector<double> run(const std::vector<double>& in, int64_t B, int64_t T, int
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t c = 0; c < C; ++c) {
       const int64_t o = b * T * C + c;
-      double mean = 0.0;  // the centring value: the kernels take the mean of v over T
-      for (int64_t t = 0; t < T; ++t) mean += static_cast<double>(v[o + t * C]);
-      const A c0 = static_cast<A>(mean / static_cast<double>(T));
+      const A c0 = biwkv::centre<A>(&v[o], C, T);
       biwkv::host_forward<A>(&k[o], &v[o], T, C, w[c], u[c], c0, &y[o], &yc[o], &lse[o]);
       double du = 0.0, dw = 0.0;
       biwkv::host_backward<A>(&k[o], &v[o], &yc[o], &lse[o], &gy[o], T, C, w[c], u[c], c0, &gk[o], &gv[o], du, dw);
