@@ -148,30 +148,38 @@ def check_sanitizer(ctx: Context, tool: str) -> Result:
 
 
 def check_large_index(ctx: Context) -> Result:
-    """B * T * C > 2^31 (float16): the last batch row equals the kernel on that row alone (bitwise) and
-    float64 within the float16 tolerance."""
+    """B * T * C > 2^31 (float16): the last batch row equals the kernel on that row alone (bitwise, output and
+    dk, dv) and float64 within the float16 tolerance. The ops are called without autograd (no copies):
+    about 25 bytes per element."""
     B, T, C = (3, 40, 5) if ctx.dry else (520, 4100, 1024)
     dt = torch.float32 if ctx.dry else torch.float16
     n = B * T * C
     if not ctx.dry:
         free = torch.cuda.mem_get_info()[0]
-        if free < 64 * n:
-            return "SKIP", f"needs {64 * n / 2**30:.0f} GiB free, the device has {free / 2**30:.0f} GiB"
+        if free < 28 * n:
+            return "SKIP", f"needs {28 * n / 2**30:.0f} GiB free, the device has {free / 2**30:.0f} GiB"
     g = torch.Generator(device=ctx.dev).manual_seed(0)
     w = (torch.rand(C, device=ctx.dev, generator=g) * 8 - 5) / T
     u = (torch.rand(C, device=ctx.dev, generator=g) * 8 - 5) / T
-    k = (torch.randn(B, T, C, device=ctx.dev, generator=g) * 3).to(dt)
-    v = (torch.randn(B, T, C, device=ctx.dev, generator=g) * 3).to(dt)
-    gy = torch.randn(B, T, C, device=ctx.dev, generator=g).to(dt)
-    y, grads = kernel_grads(w, u, k, v, gy)
-    y_last, grads_last = kernel_grads(w, u, k[-1:], v[-1:], gy[-1:])
-    same = torch.equal(y[-1:], y_last) and torch.equal(grads[2][-1:], grads_last[2])
-    same = same and torch.equal(grads[3][-1:], grads_last[3])
+    k = torch.randn(B, T, C, device=ctx.dev, generator=g, dtype=dt).mul_(3)
+    v = torch.randn(B, T, C, device=ctx.dev, generator=g, dtype=dt).mul_(3)
+    gy = torch.randn(B, T, C, device=ctx.dev, generator=g, dtype=dt)
+    ops = torch.ops.medurwkv
+
+    def last_rows(kk, vv, gg):
+        y, yc, lse, c0 = ops.bi_wkv_forward(w, u, kk, vv)
+        _, _, gk, gv = ops.bi_wkv_backward(w, u, kk, vv, yc, lse, c0, gg)
+        return [t[-1:].clone() for t in (y, gk, gv)]
+
+    big = last_rows(k, v, gy)
+    small = last_rows(k[-1:].contiguous(), v[-1:].contiguous(), gy[-1:].contiguous())
+    same = all(torch.equal(a, b) for a, b in zip(big, small))
     y_ref, _ = chk.reference(w[:4].cpu(), u[:4].cpu(), k[-1:, :, :4].cpu(), v[-1:, :, :4].cpu(),
                              gy[-1:, :, :4].cpu())
-    err = float((y[-1:, :, :4].double().cpu() - y_ref).norm() / y_ref.norm())
+    err = float((big[0][:, :, :4].double().cpu() - y_ref).norm() / y_ref.norm())
     ok = same and err <= chk.TOLERANCES[dt][0] * ctx.tol_scale
-    return ("PASS" if ok else "FAIL"), f"B*T*C = {n} ({n / 2**31:.2f} x 2^31): last row bitwise {same}, err {err:.1e}"
+    detail = f"B*T*C = {n} ({n / 2**31:.2f} x 2^31): last row bitwise equal {same}, output err {err:.1e}"
+    return ("PASS" if ok else "FAIL"), detail
 
 
 def check_stream(ctx: Context) -> Result:
