@@ -1,13 +1,13 @@
 // Bi-WKV CUDA kernel: O(T) forward and backward, any B, T, C (no T_MAX), float32 / float16 /
 // bfloat16 / float64 inputs read and written in their own dtype, float32 accumulation (float64 for
-// float64 inputs). The math (log-scaled sums with a running maximum, centred values, chunk carries,
+// float64 inputs and for the chunk scan). The math (log-scaled sums with a running maximum, centred values, chunk carries,
 // the per-lane steps of the chunk scan, the gradient formulas) lives in bi_wkv_math.cuh, which the CPU
 // tests compile and run as host code; this file holds only the launches and the warp shuffles.
 //
 // Per call, with no host synchronisation: c0 (the centring value, a reduction over the first chunk),
 // then three phases over chunks of biwkv::kChunk tokens, one thread per (b, chunk, c):
 //   1. *_carries: each chunk's own left and right sums;
-//   2. scan_carries: one warp per (b, c) scans them over the chunks;
+//   2. scan_carries: one warp per (b, c) scans them over the chunks, in float64;
 //   3. fwd_output / bwd_output: the in-chunk recurrences from the scanned states.
 // Any finite w, u, k gives finite, exact results (no range limit, no fallback).
 //
@@ -99,14 +99,15 @@ __global__ void fwd_carries(const scalar_t* __restrict__ k, const scalar_t* __re
   }
 }
 
-// One warp per (b, c): Kogge-Stone over 32 chunks at a time, then the run state across groups.
+// One warp per (b, c): Kogge-Stone over 32 chunks at a time, then the run state across groups; S is the
+// scan's float64 type, A the dtype of the carries in memory.
 template <typename S, typename A>
 __global__ void scan_carries(const A* __restrict__ carry, A* __restrict__ state, const A* __restrict__ w, Dims d) {
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
   if (warp >= d.B * d.C) return;  // whole warps leave together (blockDim is a multiple of 32)
   const int64_t b = warp / d.C, c = warp % d.C;
-  const A lam = -w[c];
+  const double lam = -static_cast<double>(w[c]);
   for (int dir = 0; dir < 2; ++dir) {
     S run = S::empty();
     for (int64_t base = 0; base < d.N; base += biwkv::kWarp) {
@@ -242,8 +243,8 @@ std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torc
     fwd_carries<scalar_t><<<blocks_for(work), kThreads, 0, stream>>>(
         k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), wf.data_ptr<A>(), c0.data_ptr<A>(), d, carry.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scan_carries<S, A><<<blocks_for(B * C * 32), kThreads, 0, stream>>>(carry.data_ptr<A>(), state.data_ptr<A>(),
-                                                                          wf.data_ptr<A>(), d);
+    scan_carries<typename biwkv::ScanOf<S>::type, A><<<blocks_for(B * C * 32), kThreads, 0, stream>>>(
+        carry.data_ptr<A>(), state.data_ptr<A>(), wf.data_ptr<A>(), d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     fwd_output<scalar_t><<<blocks_for(work), kThreads, 0, stream>>>(
         k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), wf.data_ptr<A>(), uf.data_ptr<A>(), c0.data_ptr<A>(), d,
@@ -285,8 +286,8 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
     bwd_carries<scalar_t><<<blocks_for(work), kThreads, 0, stream>>>(
         yc.data_ptr<A>(), lse.data_ptr<A>(), gy.data_ptr<scalar_t>(), wf.data_ptr<A>(), d, carry.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scan_carries<S, A><<<blocks_for(B * C * 32), kThreads, 0, stream>>>(carry.data_ptr<A>(), state.data_ptr<A>(),
-                                                                          wf.data_ptr<A>(), d);
+    scan_carries<typename biwkv::ScanOf<S>::type, A><<<blocks_for(B * C * 32), kThreads, 0, stream>>>(
+        carry.data_ptr<A>(), state.data_ptr<A>(), wf.data_ptr<A>(), d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     bwd_output<scalar_t><<<blocks_for(work), kThreads, 0, stream>>>(
         k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), yc.data_ptr<A>(), lse.data_ptr<A>(), gy.data_ptr<scalar_t>(),

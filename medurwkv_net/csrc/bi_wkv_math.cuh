@@ -19,8 +19,8 @@
 //
 // The T axis is cut into chunks of kChunk tokens, one GPU thread per (b, chunk, c):
 //   1. chunk_carry: the chunk's own left and right sums ("carries");
-//   2. one warp per (b, c) scans the carries over the chunks (Kogge-Stone over 32 lanes, then a
-//      running state across groups of 32 chunks): scan_combine, scan_exclusive, scan_next_run;
+//   2. one warp per (b, c) scans the carries over the chunks in float64 (Kogge-Stone over 32 lanes, then
+//      a running state across groups of 32 chunks): scan_combine, scan_exclusive, scan_next_run;
 //   3. chunk output: the in-chunk recurrences started from the scanned states.
 // The host code (CPU kernel, tests) runs the same functions; host_scan emulates the warp lane by lane.
 #pragma once
@@ -60,9 +60,9 @@ BIWKV_HD A amax(A x, A y) {
 }
 
 // exp(a + n lam) * s[m] for M values, with distance-weighted companions exp(a + n lam) * d[m] when D.
-// n counts the tokens pushed since the scale a was last set, so that the scale is rounded once, not
-// once per token (a + lam + lam + ... would drift by an ulp of a per token). Sums loaded from memory,
-// shifted or added have n = 0.
+// n counts the tokens pushed or shifted over since the scale a was last set, so that the scale is
+// rounded once, not once per token or per chunk (a + lam + lam + ... would drift by an ulp of a per
+// step: at T = 65536 that was 6e-6 of float32 error). Sums loaded from memory have n = 0.
 template <typename A, int M, bool D>
 struct LogSum {
   static constexpr int kSlots = 1 + (D ? 2 : 1) * M;  // floats in memory: scale, s[M], d[M]
@@ -105,10 +105,9 @@ struct LogSum {
   }
 
   // The sum seen `steps` tokens further on (no new terms): scale += steps lam, D += steps S.
-  BIWKV_HD LogSum shifted(A steps, A lam) const {
+  BIWKV_HD LogSum shifted(A steps) const {
     LogSum r = *this;
-    r.a = a + (n + steps) * lam;
-    r.n = 0;
+    r.n = n + steps;
 #ifndef BIWKV_MUTATE_DROP_DISTANCE
     if (D)
       for (int m = 0; m < M; ++m) r.d[m] += steps * s[m];
@@ -133,18 +132,21 @@ struct LogSum {
   }
 
 
-  BIWKV_HD void store(A* p, A lam) const {
-    p[0] = scale(lam);
-    for (int m = 0; m < M; ++m) p[1 + m] = s[m];
+  // Memory holds the values in the accumulation dtype P (the chunk scan computes in float64).
+  template <typename P>
+  BIWKV_HD void store(P* p, A lam) const {
+    p[0] = static_cast<P>(scale(lam));
+    for (int m = 0; m < M; ++m) p[1 + m] = static_cast<P>(s[m]);
     if (D)
-      for (int m = 0; m < M; ++m) p[1 + M + m] = d[m];
+      for (int m = 0; m < M; ++m) p[1 + M + m] = static_cast<P>(d[m]);
   }
-  BIWKV_HD static LogSum load(const A* p) {
+  template <typename P>
+  BIWKV_HD static LogSum load(const P* p) {
     LogSum r;
-    r.a = p[0];
+    r.a = static_cast<A>(p[0]);
     r.n = 0;
-    for (int m = 0; m < M; ++m) r.s[m] = p[1 + m];
-    for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = D ? p[1 + M + m] : A(0);
+    for (int m = 0; m < M; ++m) r.s[m] = static_cast<A>(p[1 + m]);
+    for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = D ? static_cast<A>(p[1 + M + m]) : A(0);
 #ifdef BIWKV_MUTATE_SWAP_SLOTS
     const A t = r.s[0];
     r.s[0] = r.s[1];
@@ -154,19 +156,19 @@ struct LogSum {
   }
 };
 
-// x + y for sums over disjoint terms (one exponential); both with n = 0.
+// x + y for sums over disjoint terms (one exponential); the result keeps the larger one's scale.
 template <typename A, int M, bool D>
-BIWKV_HD LogSum<A, M, D> add(LogSum<A, M, D> x, const LogSum<A, M, D>& y) {
+BIWKV_HD LogSum<A, M, D> add(const LogSum<A, M, D>& x, const LogSum<A, M, D>& y, A lam) {
   if (y.a == neg_inf<A>()) return x;
   if (x.a == neg_inf<A>()) return y;
-  const bool swap = x.a < y.a;
-  const LogSum<A, M, D>& hi = swap ? y : x;
-  const LogSum<A, M, D>& lo = swap ? x : y;
-  LogSum<A, M, D> r = hi;
-  const A e = ex(lo.a - hi.a);
-  for (int m = 0; m < M; ++m) r.s[m] += e * lo.s[m];
-  if (D)
-    for (int m = 0; m < M; ++m) r.d[m] += e * lo.d[m];
+  const A sx = x.scale(lam), sy = y.scale(lam);
+  const bool swap = sx < sy;  // selections by value: no reference to either operand (registers only)
+  const A e = ex(swap ? sx - sy : sy - sx);
+  LogSum<A, M, D> r;
+  r.a = swap ? y.a : x.a;
+  r.n = swap ? y.n : x.n;
+  for (int m = 0; m < M; ++m) r.s[m] = swap ? y.s[m] + e * x.s[m] : x.s[m] + e * y.s[m];
+  for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = swap ? y.d[m] + e * x.d[m] : x.d[m] + e * y.d[m];
   return r;
 }
 
@@ -186,6 +188,14 @@ template <typename A>
 using FwdSum = LogSum<A, 2, false>;  // sums of e v' and e
 template <typename A>
 using BwdSum = LogSum<A, 2, true>;   // sums of g and g y' with distance sums
+// The chunk scan's type for a chunk sum type S: float64 whatever the accumulation dtype (a float32 scan
+// over thousands of chunks loses about 1e-5 of the gradients at T = 65536).
+template <typename S>
+struct ScanOf;
+template <typename A, int M, bool D>
+struct ScanOf<LogSum<A, M, D>> {
+  using type = LogSum<double, M, D>;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Phase 1: a chunk's own sums. Pointers are at the chunk's first token; tokens are `stride` apart.
@@ -241,16 +251,16 @@ BIWKV_UNROLL
 // the group of 32 chunks) and the run state after the group (from the inclusive sum of lane 31).
 template <typename S, typename A>
 BIWKV_HD S scan_combine(const S& mine, const S& lower, int off, A lam) {
-  return add(mine, lower.shifted(A(off) * A(kChunk), lam));
+  return add(mine, lower.shifted(A(off) * A(kChunk)), lam);
 }
 template <typename S, typename A>
 BIWKV_HD S scan_exclusive(int lane, const S& prev_inclusive, const S& run, A lam) {
-  const S moved = run.shifted(A(lane) * A(kChunk), lam);
-  return lane > 0 ? add(prev_inclusive, moved) : moved;
+  const S moved = run.shifted(A(lane) * A(kChunk));
+  return lane > 0 ? add(prev_inclusive, moved, lam) : moved;
 }
 template <typename S, typename A>
 BIWKV_HD S scan_next_run(const S& last_inclusive, const S& run, A lam) {
-  return add(last_inclusive, run.shifted(A(kWarp) * A(kChunk), lam));
+  return add(last_inclusive, run.shifted(A(kWarp) * A(kChunk)), lam);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,9 +354,10 @@ BIWKV_UNROLL
 // Host side: the warp scan emulated lane by lane, and whole-channel drivers that run phases 1-3 as
 // the GPU grid does (used by the CPU kernel for extreme ranges and by the tests).
 #ifndef __CUDA_ARCH__
-// carry/state: chunk n's two sums (left, right) at p + n * step, S::kSlots floats each.
+// carry/state: chunk n's two sums (left, right) at p + n * step, S::kSlots values each; S is the scan's
+// (float64) type.
 template <typename S, typename A>
-inline void host_scan(const A* carry, A* state, int64_t N, int64_t step, A lam) {
+inline void host_scan(const A* carry, A* state, int64_t N, int64_t step, double lam) {
   for (int dir = 0; dir < 2; ++dir) {
     S run = S::empty();
     for (int64_t base = 0; base < N; base += kWarp) {
@@ -384,7 +395,7 @@ inline void host_forward(const T* k, const T* v, int64_t Tn, int64_t stride, A w
     l.store(&carry[n * step], lam);
     r.store(&carry[n * step + S::kSlots], lam);
   }
-  host_scan<S>(carry.data(), state.data(), N, step, lam);
+  host_scan<typename ScanOf<S>::type>(carry.data(), state.data(), N, step, static_cast<double>(lam));
   for (int64_t n = 0; n < N; ++n) {
     const int len = static_cast<int>(Tn - n * kChunk < kChunk ? Tn - n * kChunk : kChunk);
     const int64_t o = n * kChunk * stride;
@@ -409,7 +420,7 @@ inline void host_backward(const T* k, const T* v, const A* yc, const A* lse, con
     l.store(&carry[n * step], lam);
     r.store(&carry[n * step + S::kSlots], lam);
   }
-  host_scan<S>(carry.data(), state.data(), N, step, lam);
+  host_scan<typename ScanOf<S>::type>(carry.data(), state.data(), N, step, static_cast<double>(lam));
   for (int64_t n = 0; n < N; ++n) {
     const int len = static_cast<int>(Tn - n * kChunk < kChunk ? Tn - n * kChunk : kChunk);
     const int64_t o = n * kChunk * stride;

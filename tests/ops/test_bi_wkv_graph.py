@@ -104,6 +104,20 @@ def test_op_reads_no_tensor_value_on_the_host(monkeypatch):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (benchmarks/gpu_check.sh runs the same)")
+def test_cuda_op_makes_no_device_synchronisation():
+    w, u, k, v = (x.cuda() for x in _inputs())
+    ins = [x.clone().requires_grad_(True) for x in (w, u, k, v)]
+    bi_wkv(*ins, backend="cuda")  # first use: build / load outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = bi_wkv(*ins, backend="cuda")
+        torch.autograd.grad(y, ins, torch.ones_like(y))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_kernel_sources_read_no_value_on_the_host():
     """The C++ side of the op: no .item(), no copy to the host, no synchronisation in the .cu."""
     cu = (PKG / "csrc" / "bi_wkv_cuda.cu").read_text()
