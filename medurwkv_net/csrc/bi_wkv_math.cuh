@@ -147,14 +147,22 @@ struct LogSum {
     r.n = 0;
     for (int m = 0; m < M; ++m) r.s[m] = static_cast<A>(p[1 + m]);
     for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = D ? static_cast<A>(p[1 + M + m]) : A(0);
-#ifdef BIWKV_MUTATE_SWAP_SLOTS
-    const A t = r.s[0];
-    r.s[0] = r.s[1];
-    r.s[1] = t;
-#endif
     return r;
   }
 };
+
+// Test hook: a planted bug (swapped slots of a chunk's left carry) that the CPU tests must catch; off
+// unless BIWKV_MUTATE_SWAP_SLOTS is defined.
+template <typename S>
+BIWKV_HD void planted_bug(S& carry) {
+#ifdef BIWKV_MUTATE_SWAP_SLOTS
+  const auto t = carry.s[0];
+  carry.s[0] = carry.s[1];
+  carry.s[1] = t;
+#else
+  (void)carry;
+#endif
+}
 
 // x + y for sums over disjoint terms (one exponential); the result keeps the larger one's scale.
 template <typename A, int M, bool D>
@@ -212,6 +220,7 @@ BIWKV_UNROLL
       left.push(lam, static_cast<A>(k[j * stride]), x);
     }
   }
+  planted_bug(left);
 BIWKV_UNROLL
   for (int j = kChunk - 1; j >= 0; --j) {
     if (j < len) {
@@ -235,6 +244,7 @@ BIWKV_UNROLL
       left.push(lam, -lse[j * stride], x);
     }
   }
+  planted_bug(left);
 BIWKV_UNROLL
   for (int j = kChunk - 1; j >= 0; --j) {
     if (j < len) {
