@@ -17,6 +17,10 @@
 //             = 34 bytes;
 //   backward: phase 1 12 (y', lse, dy), carries 2.5 + scan 5, phase 3 20 (k, v, y', lse, dy) + 2.5
 //             + 8 (dk, dv) + 0.5 (du, dw partials) = 50.5 bytes.
+// (The ideal is 12 and 24: reaching it needs k, v read once, i.e. a single-pass scan.)
+// Registers (nvcc 13.0 -Xptxas -v, sm_90, float32/float16/bfloat16, no spills): fwd_carries 70,
+// fwd_output 116-120, bwd_carries 56, bwd_output 128, scan_carries 56 / 78: every kernel fits two
+// 256-thread blocks per SM. float64: fwd_output 202, bwd_output 230.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAException.h>
