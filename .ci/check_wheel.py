@@ -22,7 +22,7 @@ from medurwkv_net.ops import bi_wkv, bi_wkv_ref, build
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
 pkg = Path(medurwkv_net.__file__).resolve().parent
 assert pkg.parent == site, f"medurwkv_net imported from {pkg}, not from the installed wheel in {site}"
-assert (pkg / "csrc" / "bi_wkv_cpu.cpp").is_file() and (pkg / "csrc" / "bi_wkv_cuda.cu").is_file()
+assert all((pkg / "csrc" / n).is_file() for n in ("bi_wkv_cpu.cpp", "bi_wkv_cuda.cu", "bi_wkv_math.cuh"))
 print(f"check_wheel: torch {torch.__version__}; medurwkv_net {medurwkv_net.__version__} from {pkg}")
 
 g = torch.Generator().manual_seed(0)

@@ -22,8 +22,13 @@
 // the outputs. Channels beyond the last full tile are copied into a zero-padded tile. Every
 // exponential is <= 1 thanks to the kmax scaling, and a tile's sums fit float64 whenever
 //   S = (T - 1) * max(0, -w) + (kmax - kmin) + |u| <= kSafe
-// holds for each of its channels (always true for the network, where w = decay / T). Tiles that
-// fail the test are reported through the returned flag and the caller uses its log-scaled fallback.
+// holds for each of its channels (always true for the network, where w = decay / T). The channels of
+// a task whose tiles fail the test are computed by the log-scaled math of bi_wkv_math.cuh (the CUDA
+// kernels' math, run on the host in float64): exact for any finite w, u, k, and never a fallback.
+//
+// Values are centred, v' = v - c0 with c0 = biwkv::centre (as in bi_wkv_math.cuh): the forward
+// also returns y' = y - c0, and the backward, which uses only v' and y', loses no digits to a large
+// common offset in v.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -35,6 +40,8 @@
 #include <memory>
 #include <tuple>
 #include <vector>
+
+#include "bi_wkv_math.cuh"
 
 namespace {
 
@@ -135,6 +142,7 @@ struct Group {
   vec* kmax;  // [n] max_t k (the scale; cancels in num / den)
   vec* ew;    // [n] exp(-w)
   vec* eu;    // [n] exp(u)
+  vec* c0;    // [n] centring value (biwkv::centre)
 };
 
 // Channel maxima / minima of k and the float64-range test over the first `valid` channels.
@@ -170,7 +178,7 @@ MEDURWKV_INLINE bool prepare(const scalar_t* __restrict k, const double* w, cons
 // blk [3 * kL].
 template <typename scalar_t>
 MEDURWKV_INLINE void forward_group(const scalar_t* __restrict k, const scalar_t* __restrict v,
-                                   scalar_t* __restrict y, const Group& gr, vec* __restrict bnd,
+                                   scalar_t* __restrict y, scalar_t* __restrict yc, const Group& gr, vec* __restrict bnd,
                                    vec* __restrict st, vec* __restrict blk) {
   constexpr int kDeg = ExpDeg<scalar_t>::value;
   const int64_t T = gr.T, C = gr.C, n = gr.n, nb = num_blocks(T);
@@ -184,13 +192,13 @@ MEDURWKV_INLINE void forward_group(const scalar_t* __restrict k, const scalar_t*
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* __restrict ki = k + i * kLanes;
       const scalar_t* __restrict vi = v + i * kLanes;
-      const vec kmax = gr.kmax[i], ew = gr.ew[i];
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], c0 = gr.c0[i];
       vec sn = st[2 * i], sd = st[2 * i + 1];
       bnd[2 * (b * n + i)] = sn;
       bnd[2 * (b * n + i) + 1] = sd;
       for (int64_t t = t1 - 1; t >= t0; --t) {
         const vec e = exp_nonpos<kDeg>(load(ki + t * C) - kmax);
-        sn = ew * sn + e * load(vi + t * C);
+        sn = ew * sn + e * (load(vi + t * C) - c0);
         sd = ew * sd + e;
       }
       st[2 * i] = sn;
@@ -205,20 +213,23 @@ MEDURWKV_INLINE void forward_group(const scalar_t* __restrict k, const scalar_t*
       const scalar_t* __restrict ki = k + i * kLanes;
       const scalar_t* __restrict vi = v + i * kLanes;
       scalar_t* __restrict yi = y + i * kLanes;
-      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      scalar_t* __restrict yci = yc + i * kLanes;
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i], c0 = gr.c0[i];
       vec rn = bnd[2 * (b * n + i)], rd = bnd[2 * (b * n + i) + 1];
       for (int64_t t = t1 - 1; t >= t0; --t) {
         const vec e = exp_nonpos<kDeg>(load(ki + t * C) - kmax);
         eb[t - t0] = e;
         rnb[t - t0] = rn;
         rdb[t - t0] = rd;
-        rn = ew * rn + e * load(vi + t * C);
+        rn = ew * rn + e * (load(vi + t * C) - c0);
         rd = ew * rd + e;
       }
       vec sn = st[2 * i], sd = st[2 * i + 1];
       for (int64_t t = t0; t < t1; ++t) {
-        const vec e = eb[t - t0], vv = load(vi + t * C), s = eu * e;
-        store(yi + t * C, (sn + rnb[t - t0] + s * vv) / (sd + rdb[t - t0] + s));
+        const vec e = eb[t - t0], vv = load(vi + t * C) - c0, s = eu * e;
+        const vec out = (sn + rnb[t - t0] + s * vv) / (sd + rdb[t - t0] + s);
+        store(yi + t * C, out + c0);
+        store(yci + t * C, out);
         sn = ew * sn + e * vv;
         sd = ew * sd + e;
       }
@@ -270,7 +281,7 @@ static_assert(sizeof(BackwardState) == 8 * sizeof(vec), "BackwardState is laid o
 // gw and gu: [n].
 template <typename scalar_t>
 MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t* __restrict v,
-                                    const scalar_t* __restrict y, const scalar_t* __restrict gy,
+                                    const scalar_t* __restrict y, const scalar_t* __restrict gy,  // y: centred
                                     scalar_t* __restrict gk, scalar_t* __restrict gv, vec* __restrict gw,
                                     vec* __restrict gu, const Group& gr, vec* __restrict bnd,
                                     BackwardState* __restrict st, vec* __restrict blk) {
@@ -302,7 +313,7 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
     const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t o = i * kLanes;
-      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i], c0 = gr.c0[i];
       Scans left = st[i].s;
       vec dw = st[i].dw;
       vec* __restrict bn = bnd + 4 * (b * n + i);
@@ -311,7 +322,7 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
       bn[3] = left.q;
       rebuild_block<true, kDeg>(k + o, C, t0, t1, kmax, ew, bn[0], eb, db);
       for (int64_t t = t0; t < t1; ++t) {
-        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C);
+        const vec e = eb[t - t0], vv = load(v + o + t * C) - c0, yy = load(y + o + t * C);
         const vec g = load(gy + o + t * C) / (left.sd + db[t - t0] + eu * e);
         dw += g * (left.dn - yy * left.dd);
         advance(left, ew, e, vv, g, yy);
@@ -327,13 +338,13 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
     const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t o = i * kLanes;
-      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i];
+      const vec kmax = gr.kmax[i], ew = gr.ew[i], eu = gr.eu[i], c0 = gr.c0[i];
       const vec* __restrict bn = bnd + 4 * (b * n + i);
       rebuild_block<false, kDeg>(k + o, C, t0, t1, kmax, ew, bn[1], eb, db);
       Scans right = st[i].s;
       vec dw = st[i].dw, du = st[i].du;
       for (int64_t t = t1 - 1; t >= t0; --t) {
-        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C);
+        const vec e = eb[t - t0], vv = load(v + o + t * C) - c0, yy = load(y + o + t * C);
         const vec g = load(gy + o + t * C) / (db[t - t0] + right.sd + eu * e);
         gb[t - t0] = g;
         pb[t - t0] = right.p;
@@ -345,7 +356,7 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
       st[i] = BackwardState{right, dw, du};
       vec lp = bn[2], lq = bn[3];  // the block's left scans of g and g * y
       for (int64_t t = t0; t < t1; ++t) {
-        const vec e = eb[t - t0], vv = load(v + o + t * C), yy = load(y + o + t * C), g = gb[t - t0];
+        const vec e = eb[t - t0], vv = load(v + o + t * C) - c0, yy = load(y + o + t * C), g = gb[t - t0];
         const vec eug = eu * g;
         const vec dv = e * (lp + pb[t - t0] + eug);
         store(gv + o + t * C, dv);
@@ -361,33 +372,80 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
   }
 }
 
+// Channels whose range the float64 kmax scaling cannot hold: the log-scaled math of bi_wkv_math.cuh,
+// one channel at a time (copied to contiguous float64 buffers).
+template <typename T_>
+void wide_forward(const T_* k, const T_* v, T_* y, T_* yc, const double* w, const double* u, const double* c0,
+                  int64_t valid, int64_t T, int64_t C) {
+  std::vector<double> kk(T), vv(T), yy(T), ycc(T), lse(T);
+  for (int64_t c = 0; c < valid; ++c) {
+    for (int64_t t = 0; t < T; ++t) {
+      kk[t] = static_cast<double>(k[t * C + c]);
+      vv[t] = static_cast<double>(v[t * C + c]);
+    }
+    biwkv::host_forward<double>(kk.data(), vv.data(), T, 1, w[c], u[c], c0[c], yy.data(), ycc.data(), lse.data());
+    for (int64_t t = 0; t < T; ++t) {
+      y[t * C + c] = static_cast<T_>(yy[t]);
+      yc[t * C + c] = static_cast<T_>(ycc[t]);
+    }
+  }
+}
+
+template <typename T_>
+void wide_backward(const T_* k, const T_* v, const T_* gy, T_* gk, T_* gv, double* gw, double* gu, const double* w,
+                   const double* u, const double* c0, int64_t valid, int64_t T, int64_t C) {
+  std::vector<double> kk(T), vv(T), gyy(T), yy(T), ycc(T), lse(T), gkk(T), gvv(T);
+  for (int64_t c = 0; c < valid; ++c) {
+    for (int64_t t = 0; t < T; ++t) {
+      kk[t] = static_cast<double>(k[t * C + c]);
+      vv[t] = static_cast<double>(v[t * C + c]);
+      gyy[t] = static_cast<double>(gy[t * C + c]);
+    }
+    // y' and lse again (this path does not store lse; the values equal the forward's)
+    biwkv::host_forward<double>(kk.data(), vv.data(), T, 1, w[c], u[c], c0[c], yy.data(), ycc.data(), lse.data());
+    double du = 0.0, dw = 0.0;
+    biwkv::host_backward<double>(kk.data(), vv.data(), ycc.data(), lse.data(), gyy.data(), T, 1, w[c], u[c], c0[c],
+                                 gkk.data(), gvv.data(), du, dw);
+    for (int64_t t = 0; t < T; ++t) {
+      gk[t * C + c] = static_cast<T_>(gkk[t]);
+      gv[t * C + c] = static_cast<T_>(gvv[t]);
+    }
+    gw[c] = dw;
+    gu[c] = du;
+  }
+}
+
 // Per-dtype entry points (compiled once per clone); only pointers and scalars cross them.
 // scratch: vec_scratch(scratch_size(...)); valid: real channels (the rest is zero padding).
+// Return false when the tiles need the wide-range path (the caller then runs it).
 #define MEDURWKV_ENTRY(T_)                                                                        \
-  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, const double* w,               \
-                                   const double* u, int64_t valid, int64_t T, int64_t C,         \
-                                   int64_t n, void* scratch) {                                    \
+  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, T_* yc, const double* w,        \
+                                   const double* u, const double* c0, int64_t valid, int64_t T,  \
+                                   int64_t C, int64_t n, void* scratch) {                        \
     vec* sc = static_cast<vec*>(scratch);                                                          \
-    const Group gr{T, C, n, sc, sc + n, sc + 2 * n};                                               \
-    if (!prepare<T_>(k, w, u, valid, gr, sc + 3 * n)) return false;                               \
-    forward_group<T_>(k, v, y, gr, sc + 7 * n + 5 * kL, sc + 3 * n, sc + 7 * n);                   \
+    const Group gr{T, C, n, sc, sc + n, sc + 2 * n, sc + 3 * n};                                   \
+    for (int64_t i = 0; i < n; ++i) gr.c0[i] = load(c0 + i * kLanes);                              \
+    if (!prepare<T_>(k, w, u, valid, gr, sc + 4 * n)) return false;                               \
+    forward_group<T_>(k, v, y, yc, gr, sc + 8 * n + 5 * kL, sc + 4 * n, sc + 8 * n);               \
     return true;                                                                                   \
   }                                                                                                \
-  MEDURWKV_CLONES void run_backward(const T_* k, const T_* v, const T_* y, const T_* gy, T_* gk,   \
+  MEDURWKV_CLONES bool run_backward(const T_* k, const T_* v, const T_* yc, const T_* gy, T_* gk,  \
                                     T_* gv, double* gw, double* gu, const double* w,               \
-                                    const double* u, int64_t valid, int64_t T, int64_t C,        \
-                                    int64_t n, void* scratch) {                                   \
+                                    const double* u, const double* c0, int64_t valid, int64_t T,  \
+                                    int64_t C, int64_t n, void* scratch) {                        \
     vec* sc = static_cast<vec*>(scratch);                                                          \
-    const Group gr{T, C, n, sc, sc + n, sc + 2 * n};                                               \
-    prepare<T_>(k, w, u, valid, gr, sc + 3 * n);                                                   \
-    vec* gwv = sc + 11 * n;                                                                        \
-    vec* guv = sc + 12 * n;                                                                        \
-    backward_group<T_>(k, v, y, gy, gk, gv, gwv, guv, gr, sc + 13 * n + 5 * kL,                    \
-                       reinterpret_cast<BackwardState*>(sc + 3 * n), sc + 13 * n);                 \
+    const Group gr{T, C, n, sc, sc + n, sc + 2 * n, sc + 3 * n};                                   \
+    for (int64_t i = 0; i < n; ++i) gr.c0[i] = load(c0 + i * kLanes);                              \
+    if (!prepare<T_>(k, w, u, valid, gr, sc + 4 * n)) return false;                               \
+    vec* gwv = sc + 12 * n;                                                                        \
+    vec* guv = sc + 13 * n;                                                                        \
+    backward_group<T_>(k, v, yc, gy, gk, gv, gwv, guv, gr, sc + 14 * n + 5 * kL,                   \
+                       reinterpret_cast<BackwardState*>(sc + 4 * n), sc + 14 * n);                 \
     for (int64_t c = 0; c < valid; ++c) {                                                          \
       gw[c] = gwv[c / kLanes][c % kLanes];                                                         \
       gu[c] = guv[c / kLanes][c % kLanes];                                                         \
     }                                                                                              \
+    return true;                                                                                   \
   }
 MEDURWKV_ENTRY(float)
 MEDURWKV_ENTRY(double)
@@ -415,7 +473,7 @@ Tiling make_tiling(const torch::Tensor& k) {
 
 // Scratch (in vec units) of one task over n tiles; see the entry points for the layout.
 int64_t scratch_size(bool backward, int64_t T, int64_t n) {
-  return (backward ? 13 : 7) * n + 5 * kL + (backward ? 4 : 2) * num_blocks(T) * n;
+  return (backward ? 14 : 8) * n + 5 * kL + (backward ? 4 : 2) * num_blocks(T) * n;
 }
 
 // Aligned scratch of vec values (operator new[] honours the vector type's alignment).
@@ -451,61 +509,69 @@ void check_args(const torch::Tensor& w, const torch::Tensor& u, const torch::Ten
 
 }  // namespace
 
-// Returns (y, ok). ok == false: some (batch row, channel) needs a larger range than float64
-// scaling by max(k) gives (see the header); y is then incomplete and must not be used.
-std::tuple<torch::Tensor, bool> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k,
-                                               torch::Tensor v) {
+// Returns (y, yc, lse, c0): y and the centred output yc = y - c0 in the dtype of k, lse empty (the CPU
+// backward does not need it), c0 = the centring value ([B, C], float64).
+std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v) {
   check_args(w, u, k, v);
   const Tiling tg = make_tiling(k);
   auto wd = w.to(torch::kDouble).contiguous();
   auto ud = u.to(torch::kDouble).contiguous();
+  // the centring value of bi_wkv_math.cuh: the mean of v over the first chunk
+  auto c0 = v.narrow(1, 0, std::min<int64_t>(k.size(1), biwkv::kChunk)).mean(1, false, torch::kDouble).contiguous();
   auto y = torch::empty_like(k);
-  std::vector<char> ok_tile(static_cast<size_t>(tg.count()), 1);
+  auto yc = torch::empty_like(k);
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_forward", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* ycp = yc.data_ptr<scalar_t>();
     const double* wp = wd.data_ptr<double>();
     const double* up = ud.data_ptr<double>();
+    const double* cp = c0.data_ptr<double>();
     at::parallel_for(0, tg.count(), 1, [&](int64_t begin, int64_t end) {
       auto scratch = vec_scratch(scratch_size(false, tg.T, std::max<int64_t>(1, tg.per_group)));
-      std::vector<scalar_t> pad;  // k, v, y of a padded tile
-      double wpad[kLanes] = {}, upad[kLanes] = {};
+      std::vector<scalar_t> pad;  // k, v, y, yc of a padded tile
+      double wpad[kLanes] = {}, upad[kLanes] = {}, cpad[kLanes] = {};
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tg.per_row(), g = task % tg.per_row();
-        bool ok;
         if (g < tg.groups) {
-          const int64_t c0 = g * tg.per_group * kLanes;
+          const int64_t c0i = g * tg.per_group * kLanes;
           const int64_t n = std::min(tg.per_group, tg.full - g * tg.per_group);
-          const int64_t off = b * tg.T * tg.C + c0;
-          ok = run_forward(kp + off, vp + off, yp + off, wp + c0, up + c0, n * kLanes, tg.T, tg.C, n,
-                           scratch.get());
+          const int64_t off = b * tg.T * tg.C + c0i;
+          const double* cb = cp + b * tg.C + c0i;
+          if (!run_forward(kp + off, vp + off, yp + off, ycp + off, wp + c0i, up + c0i, cb, n * kLanes, tg.T, tg.C, n,
+                           scratch.get()))
+            wide_forward(kp + off, vp + off, yp + off, ycp + off, wp + c0i, up + c0i, cb, n * kLanes, tg.T, tg.C);
         } else {
-          const int64_t c0 = tg.full * kLanes, n = tg.T * kLanes;
-          pad.resize(static_cast<size_t>(3 * n));
+          const int64_t c0i = tg.full * kLanes, n = tg.T * kLanes;
+          pad.resize(static_cast<size_t>(4 * n));
           scalar_t* q = pad.data();
           pad_in(kp, tg, b, q);
           pad_in(vp, tg, b, q + n);
-          std::copy(wp + c0, wp + tg.C, wpad);
-          std::copy(up + c0, up + tg.C, upad);
-          ok = run_forward(q, q + n, q + 2 * n, wpad, upad, tg.rem, tg.T, kLanes, 1, scratch.get());
+          std::copy(wp + c0i, wp + tg.C, wpad);
+          std::copy(up + c0i, up + tg.C, upad);
+          std::copy(cp + b * tg.C + c0i, cp + (b + 1) * tg.C, cpad);
+          if (!run_forward(q, q + n, q + 2 * n, q + 3 * n, wpad, upad, cpad, tg.rem, tg.T, kLanes, 1, scratch.get()))
+            wide_forward(q, q + n, q + 2 * n, q + 3 * n, wpad, upad, cpad, tg.rem, tg.T, kLanes);
           pad_out(q + 2 * n, tg, b, yp);
+          pad_out(q + 3 * n, tg, b, ycp);
         }
-        if (!ok) ok_tile[task] = 0;
       }
     });
   });
-  const bool ok = std::all_of(ok_tile.begin(), ok_tile.end(), [](char c) { return c != 0; });
-  return std::make_tuple(y, ok);
+  return {y, yc, torch::empty({0}, k.options()), c0};
 }
 
-// Returns (gw, gu, gk, gv); gw and gu in the dtype of w. Valid only where bi_wkv_forward said ok.
-std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, torch::Tensor k,
-                                           torch::Tensor v, torch::Tensor y, torch::Tensor gy) {
+// Returns (gw, gu, gk, gv); gw and gu in the dtype of w. yc and c0 come from bi_wkv_forward; lse is unused.
+std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v,
+                                           torch::Tensor yc, torch::Tensor lse, torch::Tensor c0, torch::Tensor gy) {
   check_args(w, u, k, v);
-  TORCH_CHECK(y.sizes() == k.sizes() && gy.sizes() == k.sizes(), "bi_wkv_cpu: y, gy must match k");
-  y = y.to(k.scalar_type()).contiguous();
+  TORCH_CHECK(yc.sizes() == k.sizes() && gy.sizes() == k.sizes(), "bi_wkv_cpu: yc, gy must match k");
+  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == k.size(0) && c0.size(1) == k.size(2), "bi_wkv_cpu: c0 must be [B, C]");
+  (void)lse;
+  yc = yc.to(k.scalar_type()).contiguous();
   gy = gy.to(k.scalar_type()).contiguous();
+  c0 = c0.to(torch::kDouble).contiguous();
   const Tiling tg = make_tiling(k);
   auto wd = w.to(torch::kDouble).contiguous();
   auto ud = u.to(torch::kDouble).contiguous();
@@ -516,7 +582,7 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_backward", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
-    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* yp = yc.data_ptr<scalar_t>();
     const scalar_t* gyp = gy.data_ptr<scalar_t>();
     scalar_t* gkp = gk.data_ptr<scalar_t>();
     scalar_t* gvp = gv.data_ptr<scalar_t>();
@@ -524,30 +590,40 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
     double* gupp = gup.data_ptr<double>();
     const double* wp = wd.data_ptr<double>();
     const double* up = ud.data_ptr<double>();
+    const double* cp = c0.data_ptr<double>();
     at::parallel_for(0, tg.count(), 1, [&](int64_t begin, int64_t end) {
       auto scratch = vec_scratch(scratch_size(true, tg.T, std::max<int64_t>(1, tg.per_group)));
-      std::vector<scalar_t> pad;  // k, v, y, gy, gk, gv of a padded tile
-      double wpad[kLanes] = {}, upad[kLanes] = {};
+      std::vector<scalar_t> pad;  // k, v, yc, gy, gk, gv of a padded tile
+      double wpad[kLanes] = {}, upad[kLanes] = {}, cpad[kLanes] = {};
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tg.per_row(), g = task % tg.per_row();
         if (g < tg.groups) {
-          const int64_t c0 = g * tg.per_group * kLanes;
+          const int64_t c0i = g * tg.per_group * kLanes;
           const int64_t n = std::min(tg.per_group, tg.full - g * tg.per_group);
-          const int64_t off = b * tg.T * tg.C + c0;
-          run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off, gwpp + b * tg.C + c0,
-                       gupp + b * tg.C + c0, wp + c0, up + c0, n * kLanes, tg.T, tg.C, n, scratch.get());
+          const int64_t off = b * tg.T * tg.C + c0i;
+          const double* cb = cp + b * tg.C + c0i;
+          double* gwb = gwpp + b * tg.C + c0i;
+          double* gub = gupp + b * tg.C + c0i;
+          if (!run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off, gwb, gub, wp + c0i, up + c0i,
+                            cb, n * kLanes, tg.T, tg.C, n, scratch.get()))
+            wide_backward(kp + off, vp + off, gyp + off, gkp + off, gvp + off, gwb, gub, wp + c0i, up + c0i, cb,
+                          n * kLanes, tg.T, tg.C);
         } else {
-          const int64_t c0 = tg.full * kLanes, n = tg.T * kLanes;
+          const int64_t c0i = tg.full * kLanes, n = tg.T * kLanes;
           pad.resize(static_cast<size_t>(6 * n));
           scalar_t* q = pad.data();
           pad_in(kp, tg, b, q);
           pad_in(vp, tg, b, q + n);
           pad_in(yp, tg, b, q + 2 * n);
           pad_in(gyp, tg, b, q + 3 * n);
-          std::copy(wp + c0, wp + tg.C, wpad);
-          std::copy(up + c0, up + tg.C, upad);
-          run_backward(q, q + n, q + 2 * n, q + 3 * n, q + 4 * n, q + 5 * n, gwpp + b * tg.C + c0,
-                       gupp + b * tg.C + c0, wpad, upad, tg.rem, tg.T, kLanes, 1, scratch.get());
+          std::copy(wp + c0i, wp + tg.C, wpad);
+          std::copy(up + c0i, up + tg.C, upad);
+          std::copy(cp + b * tg.C + c0i, cp + (b + 1) * tg.C, cpad);
+          double* gwb = gwpp + b * tg.C + c0i;
+          double* gub = gupp + b * tg.C + c0i;
+          if (!run_backward(q, q + n, q + 2 * n, q + 3 * n, q + 4 * n, q + 5 * n, gwb, gub, wpad, upad, cpad, tg.rem,
+                            tg.T, kLanes, 1, scratch.get()))
+            wide_backward(q, q + n, q + 3 * n, q + 4 * n, q + 5 * n, gwb, gub, wpad, upad, cpad, tg.rem, tg.T, kLanes);
           pad_out(q + 4 * n, tg, b, gkp);
           pad_out(q + 5 * n, tg, b, gvp);
         }
@@ -561,6 +637,6 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Bi-WKV CPU kernel (medurwkv_net)";
-  m.def("forward", &bi_wkv_forward, "Bi-WKV forward: (w, u, k, v) -> (y, ok)");
-  m.def("backward", &bi_wkv_backward, "Bi-WKV backward: (w, u, k, v, y, gy) -> (gw, gu, gk, gv)");
+  m.def("forward", &bi_wkv_forward, "Bi-WKV forward: (w, u, k, v) -> (y, yc, lse, c0)");
+  m.def("backward", &bi_wkv_backward, "Bi-WKV backward: (w, u, k, v, yc, lse, c0, gy) -> (gw, gu, gk, gv)");
 }

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock
 from .vrwkv import VRWKV_VARIANTS, create_vrwkv
 
-__all__ = ["MedURWKV"]
+__all__ = ["MedURWKV", "check_finite_input"]
 
 _PRETRAINED_NAMES = {"tiny": "vrwkv_t_in1k_224", "small": "vrwkv_s_in1k_224", "base": "vrwkv_b_in1k_224"}
 
@@ -23,6 +23,20 @@ def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
     if type(x) is not torch.Tensor and hasattr(x, "as_tensor"):
         return x.as_tensor()
     return x
+
+
+def check_finite_input(x: torch.Tensor, name: str = "MedURWKV input") -> None:
+    """Raise ValueError when ``x`` holds NaN or Inf values, naming how many of each and the shape.
+
+    Reads every value (a device synchronisation on GPU): a data check for inferers and data pipelines,
+    outside the network's forward (the network computes NaN/Inf outputs from NaN/Inf inputs).
+    :func:`medurwkv_net.reliability.validate_image` runs the same check for the inferers.
+    """
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise ValueError(f"{name} of shape {tuple(x.shape)} contains {n_nan} NaN and {n_inf} Inf values.")
 
 
 def _check_unet_args(
@@ -114,7 +128,9 @@ class MedURWKV(nn.Module):
         drop_path_rate: stochastic depth of the bottleneck and decoder blocks (linearly increasing).
         encoder_drop_path_rate: stochastic depth of the encoder blocks.
         use_checkpoint: gradient checkpointing of all VRWKV blocks (see :meth:`set_grad_checkpointing`).
-        check_finite: raise ValueError on NaN/Inf input (skipped while tracing/exporting).
+        check_finite: also check every forward's input for NaN/Inf (:func:`check_finite_input`; skipped while
+            tracing, exporting or compiling). Off by default: the check reads every value, a device
+            synchronisation per call; validate data with :func:`medurwkv_net.reliability.validate_image`.
         hf_cache_dir: Hugging Face cache directory for downloads (default: the Hub's).
 
     Examples::
@@ -154,7 +170,7 @@ class MedURWKV(nn.Module):
         drop_path_rate: float = 0.0,
         encoder_drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
-        check_finite: bool = True,
+        check_finite: bool = False,
         hf_cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -275,13 +291,7 @@ class MedURWKV(nn.Module):
             raise ValueError(f"MedURWKV got an empty spatial size, input shape {tuple(x.shape)}.")
         exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
         if self.check_finite and not exporting and not torch.compiler.is_compiling():
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                n_nan = int(torch.isnan(x).sum())
-                n_inf = int((~finite).sum()) - n_nan
-                raise ValueError(
-                    f"MedURWKV input of shape {tuple(x.shape)} contains {n_nan} NaN and {n_inf} Inf values."
-                )
+            check_finite_input(x)
 
     def _segment(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, out_channels, *grid]`` for an input already padded to the network's multiple;

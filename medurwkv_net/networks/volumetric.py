@@ -207,7 +207,8 @@ class MedURWKV3D(MedURWKV):
         drop_path_rate: stochastic depth of bottleneck and decoder blocks.
         encoder_drop_path_rate: stochastic depth of the encoder blocks.
         use_checkpoint: gradient checkpointing of all VRWKV blocks.
-        check_finite: raise ValueError on NaN/Inf input (skipped while tracing/exporting).
+        check_finite: also check every forward's input for NaN/Inf (off by default: a device synchronisation;
+            see :class:`~medurwkv_net.networks.MedURWKV`).
         hf_cache_dir: Hugging Face cache directory for downloads.
 
     Examples::
@@ -235,7 +236,7 @@ class MedURWKV3D(MedURWKV):
         drop_path_rate: float = 0.0,
         encoder_drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
-        check_finite: bool = True,
+        check_finite: bool = False,
         hf_cache_dir: Optional[str] = None,
         patch_size: Union[int, Sequence[int]] = 16,
     ) -> None:

@@ -2,7 +2,8 @@
 from .bi_wkv_interface import (
     BACKENDS,
     ENV_BACKEND,
-    BiWKVFunction,
+    bi_wkv_kernel_backward,
+    bi_wkv_kernel_forward,
     bi_wkv,
     bi_wkv_ref,
     check_inputs,
@@ -16,7 +17,8 @@ __all__ = [
     "bi_wkv_torch",
     "check_inputs",
     "resolve_backend",
-    "BiWKVFunction",
+    "bi_wkv_kernel_forward",
+    "bi_wkv_kernel_backward",
     "BACKENDS",
     "ENV_BACKEND",
 ]

@@ -20,18 +20,27 @@ Backends, all computing that function:
 
 The environment variable ``MEDURWKV_WKV_BACKEND`` overrides ``"auto"``; an explicit ``backend``
 argument other than ``"auto"`` overrides both.
+
+The kernels are registered as the ``torch.library`` operators ``medurwkv::bi_wkv_forward`` and
+``medurwkv::bi_wkv_backward`` (with fake implementations and autograd), so ``torch.compile`` and CUDA
+graphs capture them. The op reads no tensor values on the host: it makes no device synchronisation,
+and NaN/Inf inputs give NaN/Inf outputs (check data with
+:func:`medurwkv_net.reliability.validate_image` or :func:`medurwkv_net.networks.check_finite_input`).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
 from .bi_wkv_torch import bi_wkv_torch
 
-__all__ = ["bi_wkv", "bi_wkv_ref", "bi_wkv_torch", "BACKENDS", "ENV_BACKEND", "resolve_backend"]
+__all__ = [
+    "bi_wkv", "bi_wkv_ref", "bi_wkv_torch", "bi_wkv_kernel_forward", "bi_wkv_kernel_backward", "BACKENDS",
+    "ENV_BACKEND", "resolve_backend",
+]
 
 BACKENDS = ("auto", "cpu", "cuda", "torch", "ref")
 ENV_BACKEND = "MEDURWKV_WKV_BACKEND"
@@ -72,15 +81,14 @@ def _describe(x: torch.Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
 
 
-def check_inputs(w: Any, u: Any, k: Any, v: Any, check_finite: bool = True) -> None:
-    """Validate Bi-WKV inputs.
+def check_inputs(w: Any, u: Any, k: Any, v: Any) -> None:
+    """Validate Bi-WKV inputs from their shapes, dtypes and devices (no tensor value is read).
 
     Args:
         w: ``[C]`` floating tensor.
         u: ``[C]`` floating tensor, same dtype as ``w``.
         k: ``[B, T, C]`` tensor, float16/bfloat16/float32/float64, not empty.
         v: like ``k``.
-        check_finite: also require finite ``w`` and ``u`` (reads their values).
 
     Raises:
         ValueError: naming the offending argument with its shape/dtype/device.
@@ -110,10 +118,6 @@ def check_inputs(w: Any, u: Any, k: Any, v: Any, check_finite: bool = True) -> N
     for name, x in (("w", w), ("u", u), ("v", v)):
         if x.device != k.device:
             raise ValueError(f"bi_wkv: {name} must be on the device of k ({k.device}), got {_describe(x)}")
-    if check_finite:
-        for name, x in (("w", w), ("u", u)):
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"bi_wkv: {name} must be finite, got non-finite values ({_describe(x)})")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -152,37 +156,73 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-class BiWKVFunction(torch.autograd.Function):
-    """Autograd Function around a compiled kernel (CPU or CUDA): gradients for w, u, k and v.
+def _acc_dtype(k: torch.Tensor) -> torch.dtype:
+    return torch.float64 if k.dtype == torch.float64 else torch.float32
 
-    Inputs must be contiguous; ``w`` and ``u`` in float32 (float64 when ``k`` is float64). The
-    kernels scale by the per-channel maximum of ``k``; when a sequence needs more dynamic range
-    than that gives (only for extreme ``w``, ``u`` or ``k``, see ``medurwkv_net/csrc/``) they report it and this
-    Function computes that call with the log-scaled :func:`bi_wkv_torch` instead (its backward
-    re-runs :func:`bi_wkv_torch` under autograd).
+
+@torch.library.custom_op("medurwkv::bi_wkv_forward", mutates_args=())
+def bi_wkv_kernel_forward(
+    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The compiled kernel of the tensors' device (``torch.ops.medurwkv.bi_wkv_forward``).
+
+    Args:
+        w, u: ``[C]`` contiguous, float32 (float64 when ``k`` is float64).
+        k, v: ``[B, T, C]`` contiguous.
+
+    Returns:
+        ``(y, yc, lse, c0)``: the output in the dtype of ``k``, and for the backward the centred output
+        ``y - c0``, ``log den`` (CUDA; empty on CPU) and the centring value ``c0`` (``[B, C]``, the mean of
+        ``v`` over the first 16 tokens).
     """
+    from . import build
 
-    @staticmethod
-    def forward(ctx, w, u, k, v, ext):  # noqa: D102
-        y, ok = ext.forward(w, u, k, v)
-        ctx.ext = ext
-        ctx.fallback = not ok
-        if not ok:
-            y = bi_wkv_torch(w, u, k, v)
-        ctx.save_for_backward(w, u, k, v, y)
-        return y
+    return tuple(build.load_extension(cuda=k.device.type == "cuda").forward(w, u, k, v))
 
-    @staticmethod
-    def backward(ctx, gy):  # noqa: D102
-        w, u, k, v, y = ctx.saved_tensors
-        if ctx.fallback:
-            with torch.enable_grad():
-                ins = [x.detach().requires_grad_(True) for x in (w, u, k, v)]
-                out = bi_wkv_torch(ins[0], ins[1], ins[2], ins[3])
-                gw, gu, gk, gv = torch.autograd.grad(out, ins, gy)
-            return gw, gu, gk, gv, None
-        gw, gu, gk, gv = ctx.ext.backward(w, u, k, v, y, gy.contiguous())
-        return gw, gu, gk, gv, None
+
+@bi_wkv_kernel_forward.register_fake
+def _(w, u, k, v):
+    B, _, C = k.shape
+    if k.device.type == "cpu":
+        return (torch.empty_like(k), torch.empty_like(k), k.new_empty((0,)),
+                k.new_empty((B, C), dtype=torch.float64))
+    acc = _acc_dtype(k)
+    return (torch.empty_like(k), k.new_empty(k.shape, dtype=acc), k.new_empty(k.shape, dtype=acc),
+            k.new_empty((B, C), dtype=acc))
+
+
+@torch.library.custom_op("medurwkv::bi_wkv_backward", mutates_args=())
+def bi_wkv_kernel_backward(
+    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, yc: torch.Tensor, lse: torch.Tensor,
+    c0: torch.Tensor, gy: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(gw, gu, gk, gv)`` from the saved outputs of :func:`bi_wkv_kernel_forward`."""
+    from . import build
+
+    ext = build.load_extension(cuda=k.device.type == "cuda")
+    return tuple(ext.backward(w, u, k, v, yc, lse, c0, gy.contiguous()))
+
+
+@bi_wkv_kernel_backward.register_fake
+def _(w, u, k, v, yc, lse, c0, gy):
+    return torch.empty_like(w), torch.empty_like(u), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    w, u, k, v = inputs
+    _, yc, lse, c0 = output
+    ctx.save_for_backward(w, u, k, v, yc, lse, c0)
+    ctx.mark_non_differentiable(yc, lse, c0)
+
+
+def _backward(ctx, gy, _gyc, _glse, _gc0):
+    w, u, k, v, yc, lse, c0 = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(k)
+    return tuple(bi_wkv_kernel_backward(w, u, k, v, yc, lse, c0, gy))
+
+
+bi_wkv_kernel_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 #: Messages of CUDA errors that mean "this GPU cannot run the compiled kernel", not a bug in a call.
@@ -234,20 +274,57 @@ def _device_unsupported(name: str, device: torch.device) -> Optional[str]:
     return None
 
 
-def _kernel(name: str, w, u, k, v) -> torch.Tensor:
-    """Run the compiled kernel ``name`` (``"cpu"`` or ``"cuda"``) through :class:`BiWKVFunction`.
+@torch.compiler.assume_constant_result
+def _kernel_ready(name: str, device: str, explicit: bool) -> bool:
+    """Whether the compiled ``name`` kernel can run on ``device`` (building it on first use).
 
-    A launch that fails because the device has no image of the kernel falls back to
-    :func:`bi_wkv_torch` with one warning; any other error propagates.
+    Decided from the build and the device's compute capability only, never from tensor values, so
+    ``torch.compile`` evaluates it once while tracing. When the kernel is unavailable: an explicit request
+    (argument or ``MEDURWKV_WKV_BACKEND``) raises, ``"auto"`` warns once and returns False (the caller
+    uses :func:`bi_wkv_torch`).
     """
     from . import build
 
-    ext = build.load_extension(cuda=(name == "cuda"))
-    acc = torch.float64 if k.dtype == torch.float64 else torch.float32
+    dev = torch.device(device)
+    explicit = explicit or os.environ.get(ENV_BACKEND, "").strip().lower() == name
     try:
-        return BiWKVFunction.apply(
-            w.to(acc).contiguous(), u.to(acc).contiguous(), k.contiguous(), v.contiguous(), ext
+        build.load_extension(cuda=(name == "cuda"))
+    except Exception as err:  # noqa: BLE001 - any build/import failure means "not available"
+        if explicit:
+            raise RuntimeError(f"bi_wkv: the {name} kernel is not available: {err}") from err
+        _warn_once(
+            name,
+            f"medurwkv_net: Bi-WKV {name} kernel unavailable ({err}); using the pure-PyTorch linear path "
+            f"instead. To rebuild it: `{build_hint()}`"
+            + (" --cuda=True" if name == "cuda" else "")
+            + ".",
         )
+        return False
+    why = _device_unsupported(name, dev)
+    if why is not None:
+        if explicit:
+            raise RuntimeError(f"bi_wkv: the {name} kernel cannot run on {dev}: {why}")
+        _warn_once(
+            f"{name}-device:{_device_key(dev)}",
+            f"medurwkv_net: the Bi-WKV {name} kernel cannot run on {dev}: {why}; using the pure-PyTorch "
+            f"linear path instead. To get the kernel, {_arch_hint(dev)}.",
+        )
+        return False
+    return True
+
+
+def _kernel(name: str, w, u, k, v) -> torch.Tensor:
+    """Run the compiled kernel ``name`` (``"cpu"`` or ``"cuda"``) through ``torch.ops.medurwkv``.
+
+    In eager mode, a launch that fails because the device has no image of the kernel falls back to
+    :func:`bi_wkv_torch` with one warning; any other error propagates.
+    """
+    acc = _acc_dtype(k)
+    args = (w.to(acc).contiguous(), u.to(acc).contiguous(), k.contiguous(), v.contiguous())
+    if torch.compiler.is_compiling():
+        return bi_wkv_kernel_forward(*args)[0]
+    try:
+        return bi_wkv_kernel_forward(*args)[0]
     except RuntimeError as err:
         text = str(err).lower()
         if not any(m in text for m in _NO_IMAGE_ERRORS):
@@ -263,9 +340,8 @@ def _kernel(name: str, w, u, k, v) -> torch.Tensor:
 
 @torch.jit.unused
 def _bi_wkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-    check_inputs(w, u, k, v, check_finite=not exporting)
-    if exporting:
+    check_inputs(w, u, k, v)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
         return bi_wkv_torch(w, u, k, v)
     explicit = isinstance(backend, str) and backend.lower() != "auto"
     name = resolve_backend(backend, k.device)
@@ -282,30 +358,7 @@ def _bi_wkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         if name == "cpu":
             return bi_wkv(w, u, k.float(), v.float(), backend).to(k.dtype)
         return bi_wkv_torch(w, u, k, v)
-    from . import build
-
-    try:
-        build.load_extension(cuda=(name == "cuda"))
-    except Exception as err:  # noqa: BLE001 - any build/import failure means "not available"
-        if explicit or os.environ.get(ENV_BACKEND, "").strip().lower() == name:
-            raise RuntimeError(f"bi_wkv: the {name} kernel is not available: {err}") from err
-        _warn_once(
-            name,
-            f"medurwkv_net: Bi-WKV {name} kernel unavailable ({err}); using the pure-PyTorch linear path "
-            f"instead. To rebuild it: `{build_hint()}`"
-            + (" --cuda=True" if name == "cuda" else "")
-            + ".",
-        )
-        return bi_wkv_torch(w, u, k, v)
-    why = _device_unsupported(name, k.device)
-    if why is not None:
-        if explicit:
-            raise RuntimeError(f"bi_wkv: the {name} kernel cannot run on {k.device}: {why}")
-        _warn_once(
-            f"{name}-device:{_device_key(k.device)}",
-            f"medurwkv_net: the Bi-WKV {name} kernel cannot run on {k.device}: {why}; using the pure-PyTorch "
-            f"linear path instead. To get the kernel, {_arch_hint(k.device)}.",
-        )
+    if not _kernel_ready(name, _device_key(k.device), explicit):
         return bi_wkv_torch(w, u, k, v)
     return _kernel(name, w, u, k, v)
 
@@ -324,7 +377,8 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
         ``[B, T, C]`` output in the dtype of ``k``; differentiable w.r.t. all four inputs.
 
     Raises:
-        ValueError: bad shapes, dtypes, devices, empty inputs, non-finite ``w``/``u``, bad backend.
+        ValueError: bad shapes, dtypes, devices, empty inputs, bad backend. Values are not checked (that
+            would synchronise the device): NaN/Inf inputs give NaN/Inf outputs.
         RuntimeError: an explicitly requested kernel cannot be built.
     """
     if torch.jit.is_scripting():

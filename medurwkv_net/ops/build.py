@@ -56,6 +56,7 @@ __all__ = [
 
 _CPU_SOURCES = ("bi_wkv_cpu.cpp",)
 _CUDA_SOURCES = ("bi_wkv_cuda.cu",)
+_HEADERS = ("bi_wkv_math.cuh",)  # included by both kernels: part of the build's hash
 _DEFAULT_TARGETS = ("7.5", "8.0", "8.6", "8.9", "9.0+PTX")
 _MARKER_SUFFIX = ".sha256"
 _LOADED: Dict[bool, ModuleType] = {}
@@ -234,7 +235,7 @@ def _extensions_root() -> Path:
 
 def _name_and_dir(cuda: bool, sources: List[Path], flags: Dict[str, List[str]]) -> Tuple[str, Path]:
     h = hashlib.sha256()
-    for s in sources:
+    for s in list(sources) + [csrc_dir() / name for name in _HEADERS]:
         h.update(s.name.encode())
         h.update(s.read_bytes())
     h.update(repr(sorted(flags.items())).encode())

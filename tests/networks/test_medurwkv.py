@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medurwkv_net import MedURWKV
+from medurwkv_net.networks import check_finite_input
 
 CONFIGS = Path(__file__).parent / "configs"
 _NETS: dict = {}
@@ -62,12 +63,20 @@ def test_bad_inputs():
         net(torch.zeros(1, 32, 32))
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 1, 1] = float("nan")
-    with pytest.raises(ValueError, match="contains 1 NaN and 0 Inf"):
-        net(x)
-    x[0, 0, 1, 1] = float("inf")
-    x[0, 0, 2, 2] = -float("inf")
-    with pytest.raises(ValueError, match="contains 0 NaN and 2 Inf"):
-        net(x)
+    with torch.no_grad():
+        assert torch.isnan(net(x)).any()  # by default not checked (no device synchronisation): NaN out
+    net.check_finite = True  # opt-in
+    try:
+        with pytest.raises(ValueError, match="contains 1 NaN and 0 Inf"):
+            net(x)
+        x[0, 0, 1, 1] = float("inf")
+        x[0, 0, 2, 2] = -float("inf")
+        with pytest.raises(ValueError, match="contains 0 NaN and 2 Inf"):
+            net(x)
+    finally:
+        net.check_finite = False
+    with pytest.raises(ValueError, match=r"MedURWKV input of shape \(1, 1, 32, 32\) contains 0 NaN and 2 Inf"):
+        check_finite_input(x)
 
 
 def test_bad_constructor_args():

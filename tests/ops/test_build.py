@@ -152,3 +152,17 @@ def test_gpu_outside_the_targets_is_refused_before_launch(monkeypatch):
     assert 'TORCH_CUDA_ARCH_LIST="7.0"' in hint and "build-ext" in hint
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     assert iface._device_unsupported("cuda", torch.device("cuda:0")) is None
+
+
+def test_shared_header_is_part_of_the_build_hash(tmp_path, monkeypatch):
+    """Both kernels include bi_wkv_math.cuh: editing it must rebuild them (a new build folder)."""
+    import shutil
+
+    src = tmp_path / "csrc"
+    shutil.copytree(build.csrc_dir(), src)
+    monkeypatch.setenv("MEDURWKV_CSRC_DIR", str(src))
+    before = (build.extension_dir(cuda=False), build.extension_dir(cuda=True))
+    header = src / "bi_wkv_math.cuh"
+    header.write_text(header.read_text() + "\n// edited\n")
+    after = (build.extension_dir(cuda=False), build.extension_dir(cuda=True))
+    assert before[0] != after[0] and before[1] != after[1]
