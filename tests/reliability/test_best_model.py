@@ -1,7 +1,11 @@
 """BestModelSaver: atomic writes, full disk, resume keeps the better model, no NaN model or metric saved."""
 import logging
+import os
 import resource
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from ignite.engine import Engine, Events
 from medurwkv_net.reliability import AtomicWriteError, BestModelSaver, ResumableCheckpoint, load_checkpoint_file
 
 from ._train_helpers import make_run
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _evaluator(saver, trainer, scores):
@@ -97,15 +103,22 @@ def test_nan_metric_is_no_improvement_and_nan_weights_are_never_saved(tmp_path, 
     assert (tmp_path / "model.pt").read_bytes() == good
 
 
-@pytest.fixture
-def file_size_limit():
+def _limit_file_size():
     """Files of this process cannot grow past 64 KiB (what a full disk does to a write)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, old)
+
+
+def _in_child(scenario: str, tmp_path) -> None:
+    """Run ``scenario(tmp_path)`` of this module in a new Python process: the file-size limit it sets must not
+    reach pytest's own files (its log or captured output can be larger than the limit)."""
+    code = (f"import sys; from pathlib import Path; from tests.reliability.test_best_model import {scenario}; "
+            f"{scenario}(Path(sys.argv[1]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
 
 
 def _write_small_then_big(tmp_path):
@@ -119,11 +132,15 @@ def _write_small_then_big(tmp_path):
     return model, saver, ev
 
 
-def test_full_disk_during_best_model_write_keeps_the_old_model_and_names_the_file(tmp_path, request):
+def test_full_disk_during_best_model_write_keeps_the_old_model_and_names_the_file(tmp_path):
+    _in_child("full_disk_during_best_model_write", tmp_path)
+
+
+def full_disk_during_best_model_write(tmp_path):
     model, saver, ev = _write_small_then_big(tmp_path)
     old = (tmp_path / "model.pt").read_bytes()
     model.weight = torch.nn.Parameter(torch.zeros(2, 40000))  # ~320 kB: more than the limit lets through
-    request.getfixturevalue("file_size_limit")
+    _limit_file_size()
     with pytest.raises(AtomicWriteError) as info:
         ev.run([0], max_epochs=1)
     msg = str(info.value)
@@ -133,10 +150,14 @@ def test_full_disk_during_best_model_write_keeps_the_old_model_and_names_the_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
 
 
-def test_full_disk_during_a_checkpoint_write_names_the_file_and_keeps_the_last_checkpoint(tmp_path, request):
+def test_full_disk_during_a_checkpoint_write_names_the_file_and_keeps_the_last_checkpoint(tmp_path):
+    _in_child("full_disk_during_a_checkpoint_write", tmp_path)
+
+
+def full_disk_during_a_checkpoint_write(tmp_path):
     model, opt, sched, loader, trainer = make_run()
     ckpt = ResumableCheckpoint(tmp_path, trainer, {"model": model, "optimizer": opt})
-    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: request.getfixturevalue("file_size_limit"))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: _limit_file_size())
     big = torch.nn.Linear(200, 200)  # makes the second checkpoint larger than the limit lets through
 
     @trainer.on(Events.EPOCH_STARTED(once=2))
