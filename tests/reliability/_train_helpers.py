@@ -48,3 +48,19 @@ def make_run(n_samples: int = 32, batch_size: int = 4, seed: int = 0, dropout: f
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_loss)
     return model, opt, sched, loader, trainer
+
+
+def hang_on_nth_write(n: int):
+    """A ``before_replace`` hook that, on the ``n``-th write (0: never), prints ``HOOK <tmp> <final>`` and sleeps,
+    so that a test can SIGKILL the process between a complete temporary file and its ``os.replace``."""
+    import time
+
+    writes = {"n": 0}
+
+    def hook(tmp, final) -> None:
+        writes["n"] += 1
+        if writes["n"] == n:
+            print(f"HOOK {tmp} {final}", flush=True)
+            time.sleep(600)
+
+    return hook

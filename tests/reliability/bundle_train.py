@@ -32,6 +32,8 @@ from monai.utils import set_determinism
 from medurwkv_net.bundle import eval_transforms, make_inferer, postprocessing, train_transforms
 from medurwkv_net.reliability import BestModelSaver, NonFiniteLossGuard, ResumableCheckpoint, RunLock
 
+from _train_helpers import hang_on_nth_write  # the script's own folder is first on sys.path
+
 SIZE = [12, 12]
 
 
@@ -62,15 +64,7 @@ def main() -> None:
         **common, num_samples=1, flip_axes=[0, 1], rotate90=True, intensity_scale=0.15, intensity_shift=0.1),
         progress=False)
     val_ds = CacheDataset(datalist["validation"], eval_transforms(**common), progress=False)
-    writes = {"n": 0}
-
-    def hang(tmp: Path, final: Path) -> None:
-        writes["n"] += 1
-        if writes["n"] == args.hang_on_best_save:
-            print(f"HOOK {tmp} {final}", flush=True)
-            time.sleep(600)
-
-    best = BestModelSaver(str(out / "models"), {"model": net}, before_replace=hang)
+    best = BestModelSaver(str(out / "models"), {"model": net}, before_replace=hang_on_nth_write(args.hang_on_best_save))
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=DataLoader(val_ds, batch_size=1), network=net,
         inferer=make_inferer(SIZE, "crop"), postprocessing=postprocessing(2, with_label=True),

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _train_helpers import make_run  # noqa: E402
+from _train_helpers import hang_on_nth_write, make_run  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 
 from medurwkv_net.reliability import ResumableCheckpoint  # noqa: E402
@@ -36,18 +36,10 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    saves = {"n": 0}
-
-    def before_replace(tmp: Path, final: Path) -> None:
-        saves["n"] += 1
-        if saves["n"] == args.hang_on_save:
-            print(f"HOOK {tmp} {final}", flush=True)
-            time.sleep(600)
-
     model, opt, sched, loader, trainer = make_run()
     ckpt = ResumableCheckpoint(
         args.save_dir, trainer, {"model": model, "optimizer": opt, "lr_scheduler": sched},
-        resume=args.resume, metric_name="val_acc", before_replace=before_replace,
+        resume=args.resume, metric_name="val_acc", before_replace=hang_on_nth_write(args.hang_on_save),
     )
 
     @trainer.on(Events.STARTED)
