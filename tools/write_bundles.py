@@ -10,7 +10,10 @@ once, and writing the bundles from them is what keeps the eight bundles from dri
 
 It is not part of the installed package: it writes into this repository's ``bundles/``.
 
-``evaluate.json``, ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own.
+``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own. The transform chains are
+MONAI transforms listed in the JSON (``train#deterministic_transforms`` shared with validation through a
+``%`` macro, ``train#random_transforms``); only ``EnsureChannelsd`` and ``LoadMaskd`` (uniting and
+binarising the releases' mask files) are the project's own.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from medurwkv_net.data.releases import get_release
 
 __all__ = ["DATASETS", "render_bundle", "write_bundles"]
 
-COPIED = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
+COPIED = ("configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
 
 DATASETS = {
     "isic2017": dict(
@@ -219,6 +222,9 @@ def _swap_imports(imports: list[str]) -> list[str]:
 
 
 FOLDER_LAYOUT = ("tdd", "nkut")  # images/ + masks/ releases: the sub-folder names are config ids
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the VRWKV encoder's ImageNet normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_LABEL = ["image", "label"]
 
 
 def _common_ids(name: str) -> dict:
@@ -226,7 +232,7 @@ def _common_ids(name: str) -> dict:
         "dataset_name": name,
         "dataset_dir": "$@bundle_root + '/data'",
         "split_seed": 0,
-        "datalist_output": "$@bundle_root + '/datalist.json'",
+        "datalist_file": "$@bundle_root + '/datalist.json'",
     }
     if name in FOLDER_LAYOUT:
         ids.update(image_subdir="images", mask_subdir="masks")
@@ -237,52 +243,140 @@ def _reader_args(name: str) -> str:
     return ", image_dir=@image_subdir, mask_dir=@mask_subdir" if name in FOLDER_LAYOUT else ""
 
 
+def _mean_std(in_channels: int) -> tuple[list[float], list[float]]:
+    if in_channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [round(sum(IMAGENET_MEAN) / 3, 6)], [round(sum(IMAGENET_STD) / 3, 6)]
+
+
+def _image_chain(d: dict) -> list[dict]:
+    """Load an image and bring it to the network's channels and ImageNet intensities (original size)."""
+    mean, std = _mean_std(d["in_channels"])
+    return [
+        {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "medurwkv_net.data.EnsureChannelsd", "keys": "image", "channels": "@in_channels"},
+        {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 255.0, "b_min": 0.0,
+         "b_max": 1.0, "clip": True},
+        {"_target_": "NormalizeIntensityd", "keys": "image", "subtrahend": mean, "divisor": std,
+         "channel_wise": True},
+    ]
+
+
+def _with_label(chain: list[dict]) -> list[dict]:
+    """The image chain with the mask read beside it (as one binary channel, float)."""
+    out = [dict(t) for t in chain]
+    at = next(i for i, t in enumerate(out) if t["_target_"] == "EnsureTyped")
+    out[at:at + 1] = [
+        {"_target_": "medurwkv_net.data.LoadMaskd", "keys": "label", "threshold": "@label_threshold"},
+        {"_target_": "EnsureTyped", "keys": IMAGE_LABEL, "dtype": "$torch.float32"},
+    ]
+    return out
+
+
+def _resize(keys) -> dict:
+    if keys == "image":
+        return {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "bilinear"}
+    return {"_target_": "Resized", "keys": keys, "spatial_size": "@spatial_size", "mode": ["bilinear", "nearest"]}
+
+
+RANDOM_TRANSFORMS = [  # photographs, histology, radiographs: no orientation to keep; images from many devices
+    {"_target_": "RandFlipd", "keys": IMAGE_LABEL, "spatial_axis": 0, "prob": 0.5},
+    {"_target_": "RandFlipd", "keys": IMAGE_LABEL, "spatial_axis": 1, "prob": 0.5},
+    {"_target_": "RandRotate90d", "keys": IMAGE_LABEL, "prob": 0.5, "max_k": 3},
+    {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
+    {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+    {"_target_": "EnsureTyped", "keys": IMAGE_LABEL, "dtype": "$torch.float32", "track_meta": False},
+]
+
+
+def _softmax() -> dict:
+    return {"_target_": "Activationsd", "keys": "pred", "softmax": True}
+
+
+def _invert(preprocessing: str) -> dict:
+    return {"_target_": "Invertd", "keys": "pred", "transform": preprocessing, "orig_keys": "image",
+            "nearest_interp": False, "to_tensor": True}
+
+
+def _onehot() -> dict:
+    return {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": "@out_channels"}
+
+
 def _train_cfg(template: Path, name: str, d: dict) -> dict:
     cfg = _load(template, "train.json")
     cfg["imports"] = _swap_imports(cfg["imports"])
+    cfg.pop("datalist_file")
     ids = _common_ids(name)
-    ids["datalist_file"] = ("$medurwkv_net.data.prepare_datalist(@dataset_name, @dataset_dir, @datalist_output, "
-                            f"@split_seed{_reader_args(name)})")
+    ids["prepare_data"] = ("$medurwkv_net.data.prepare_datalist(@dataset_name, @dataset_dir, @datalist_file, "
+                           f"@split_seed{_reader_args(name)})")
     cfg = _insert_after(cfg, "output_dir", ids)
+    cfg["verified_datalist"] = cfg["verified_datalist"].replace(
+        "label_mode='index'", "label_mode='mask', label_threshold=@label_threshold")
     cfg["class_names"] = ["background", d["cls"]]
     cfg["in_channels"] = d["in_channels"]
     cfg["out_channels"] = 2
     cfg["spatial_size"] = [256, 256]
-    cfg["spatial_mode"] = "resize"
-    cfg["intensity"] = "imagenet"
-    cfg["label_mode"] = "mask"
-    cfg["label_threshold"] = get_release(name).label_threshold
+    cfg = _insert_after(cfg, "spatial_size", {"label_threshold": get_release(name).label_threshold})
     cfg["pretrained"] = True
     cfg["max_epochs"] = 100
     cfg["batch_size"] = 8
     cfg["learning_rate"] = 0.0001
-    cfg["flip_axes"] = [0, 1]  # photographs, histology, radiographs: no anatomical orientation to keep
-    cfg["rotate90"] = True
-    cfg["intensity_scale"] = 0.1  # photographs from many devices
-    cfg["intensity_shift"] = 0.1
     # Dice over the whole batch: releases with empty masks (BUSI's normal cases) give no per-image Dice
     cfg["loss"]["batch"] = True
-    for h in cfg["train"]["handlers"]:
+    train = cfg["train"]
+    train["deterministic_transforms"] = _with_label(_image_chain(d)) + [_resize(IMAGE_LABEL)]
+    train["random_transforms"] = [dict(t) for t in RANDOM_TRANSFORMS]
+    cfg["validate"]["inferer"] = {"_target_": "medurwkv_net.reliability.SafeSimpleInferer", "spatial_dims": 2}
+    for h in train["handlers"]:
         if isinstance(h, dict) and h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not index files
-            h["label_mode"] = "@label_mode"
+            h["label_mode"] = "mask"
             h["label_threshold"] = "@label_threshold"
     return cfg
+
+
+def _evaluate_cfg(template: Path, name: str, d: dict) -> dict:
+    """The template's evaluation with metrics in the original image space: only the image is resized for
+    the network, the prediction is resized back (``Invertd``) and compared with the mask as it is stored."""
+    cfg = _load(template, "evaluate.json")
+    out = {
+        "validate#preprocessing": {"_target_": "Compose",
+                                   "transforms": _with_label(_image_chain(d)) + [_resize("image")]},
+        "validate#postprocessing": {"_target_": "Compose", "transforms": [
+            _softmax(), _invert("@validate#preprocessing"), _onehot()]},
+    }
+    out.update(cfg)
+    out["validate#inferer#checkpoint"] = "$@ckpt_dir + '/model.pt'"
+    if name == "glas":  # the challenge reports Test A and Test B separately
+        handlers = out["validate#handlers"]
+        at = next(i for i, h in enumerate(handlers) if h.get("_target_") == "StatsHandler")
+        handlers.insert(at, {
+            "_target_": "medurwkv_net.bundle.SubsetMetricReport",
+            "metric_names": ["test_mean_dice", "test_mean_iou", "test_hd95"],
+            "subset_key": "subset",
+            "output_file": "$@output_dir + '/test_subsets.csv'",
+        })
+    return out
 
 
 def _inference_cfg(template: Path, name: str, d: dict) -> dict:
     cfg = _load(template, "inference.json")
     cfg["imports"] = _swap_imports(cfg["imports"])
-    ids = _common_ids(name)
-    ids["input_dir"] = None
-    cfg = _insert_after(cfg, "output_dir", ids)
+    cfg["input_dir"] = "$@bundle_root + '/input'"
     cfg["in_channels"] = d["in_channels"]
     cfg["out_channels"] = 2
     cfg["spatial_size"] = [256, 256]
-    cfg["spatial_mode"] = "resize"
-    cfg["intensity"] = "imagenet"
-    cfg["dataset"]["data"] = ("$medurwkv_net.bundle.list_images(@input_dir) if @input_dir else "
-                              "medurwkv_net.data.split_images(@dataset_name, @dataset_dir, @datalist_output, "
-                              f"@split_seed{_reader_args(name)})")
+    cfg["preprocessing"]["transforms"] = _image_chain(d) + [_resize("image")]
+    cfg["inferer"] = {"_target_": "medurwkv_net.reliability.SafeSimpleInferer", "spatial_dims": 2,
+                      "checkpoint": "$@ckpt_dir + '/model.pt'"}
+    cfg["postprocessing"]["transforms"] = [
+        _softmax(), _invert("@preprocessing"),
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+         "output_ext": ".png", "output_dtype": "$numpy.uint8", "writer": "PILWriter", "scale": 255,
+         "resample": False, "separate_folder": False},
+    ]
     return cfg
 
 
@@ -455,6 +549,7 @@ def render_bundle(name: str, template: str | Path) -> dict[str, str]:
     files = {
         "configs/train.json": _json(_train_cfg(template, name, d)),
         "configs/inference.json": _json(_inference_cfg(template, name, d)),
+        "configs/evaluate.json": _json(_evaluate_cfg(template, name, d)),
         "configs/metadata.json": _json(_metadata(template, name, d)),
         "docs/README.md": _readme(name, d),
         "docs/data_license.txt": f"Third-party data licence: {d['short']}\n\n{d['licence']}\n",

@@ -13,32 +13,48 @@ Every bundle is a MONAI model-zoo style folder::
     models/model.pt              written by training (plain state dict of the best validation model)
 
 How a new dataset bundle is made (``bundles/medurwkv_mni152_tissue`` is the template):
-copy the folder and change only the ids at the top of each config --
+copy the folder and change the ids at the top of each config and the transform lists --
 
-``dataset_dir``
-    where the data lives; ``datalist_file`` is an expression that prepares the data on first use and
-    returns a MONAI datalist with ``training``, ``validation`` and ``test`` lists (the demo calls
-    :func:`medurwkv_net.data.mni152.prepare`; the dataset bundles call their reader).
+``dataset_dir`` / ``datalist_file`` / ``prepare_data``
+    where the data lives, the datalist path (a plain path: reading a config has no side effects), and the
+    expression that writes the datalist (``training``, ``validation``, ``test``). ``prepare_data`` is
+    idempotent and runs in ``initialize`` of training and evaluation (the demo calls
+    :func:`medurwkv_net.data.mni152.prepare`, the dataset bundles
+    :func:`medurwkv_net.data.prepare_datalist`).
 ``in_channels`` / ``out_channels`` / ``class_names``
-    network input channels, number of classes (background included) and their names.
-``spatial_size`` / ``spatial_mode`` / ``intensity`` / ``label_mode`` / ``label_threshold``
-    see :mod:`medurwkv_net.bundle.transforms`; the transform chains, the inferer
-    (:func:`make_inferer`) and the postprocessing are built from these, never listed in a config.
+    network input channels, number of classes (background included) and their names, as literals (the
+    inference config never reads the training data).
+``train#deterministic_transforms`` / ``train#random_transforms``
+    MONAI transforms listed in the JSON; validation reuses the first list with a ``%`` macro,
+    ``train#preprocessing`` joins both. Override an entry from the command line, e.g.
+    ``--train#random_transforms#0#prob 0.2``, or the whole chain with ``--train#preprocessing#transforms``.
 ``pretrained`` / ``freeze_epochs``
     ImageNet-pretrained VRWKV encoder (``--pretrained True``), and how many leading epochs it stays
-    frozen (:class:`EncoderFreezeHandler`; paper recipe: 5 when pretrained, 0 from scratch).
+    frozen (:class:`EncoderFreezeHandler`; paper recipe: 5 when pretrained, 0 from scratch). Evaluation
+    and inference build the network with ``pretrained: false``: their weights come from ``models/model.pt``.
 ``max_epochs``, ``batch_size``, ``learning_rate``, ``val_interval``
     the schedule (AdamW, polynomial LR decay, Dice + cross-entropy).
 
+Training scores the validation split only; ``evaluate.json`` scores the test split, with metrics in the
+original image space (bundles that resize their input invert the resize of the prediction, ``Invertd``,
+and compare it with the mask as stored).
+
 The ids every MONAI tool expects are kept: ``bundle_root``, ``ckpt_dir``, ``device``,
 ``network_def``, ``network``, ``train#trainer`` (``#max_epochs``), ``train#dataset#data``,
-``train#handlers``, ``validate#dataset#data``, ``initialize``, ``run``, ``finalize`` in train.json;
+``train#handlers``, ``validate#dataset#data``, ``initialize``, ``run`` in train.json;
 ``preprocessing``, ``postprocessing``, ``inferer``, ``evaluator`` in inference.json and evaluate.json.
-MONAI Label overrides ``train#dataset#data`` / ``validate#dataset#data`` and skips ``initialize``,
-so nothing essential happens there.
+MONAI Label overrides ``train#dataset#data`` / ``validate#dataset#data`` with its datastore and skips
+``initialize`` (which prepares the bundle's own data, not needed there).
 """
 from .distributed import handlers_for_this_rank, init_distributed
-from .handlers import ClassMetricReport, CurvePlotter, EncoderFreezeHandler, OverlayWriter, ProgressBar, RunAtCompletion
+from .handlers import (
+    ClassMetricReport,
+    CurvePlotter,
+    EncoderFreezeHandler,
+    OverlayWriter,
+    ProgressBar,
+    SubsetMetricReport,
+)
 from .transforms import (
     SaveMaskd,
     eval_transforms,
@@ -55,8 +71,8 @@ __all__ = [
     "EncoderFreezeHandler",
     "OverlayWriter",
     "ProgressBar",
-    "RunAtCompletion",
     "SaveMaskd",
+    "SubsetMetricReport",
     "eval_transforms",
     "handlers_for_this_rank",
     "init_distributed",

@@ -11,8 +11,8 @@ called by the MONAI workflow for every entry of ``train#handlers`` / ``validate#
 * :class:`CurvePlotter` (trainer): PNG of the training loss and validation metric curves plus a
   JSON copy of the numbers, rewritten after every epoch.
 * :class:`OverlayWriter` (evaluator): PNG of the first cases: image, ground truth and prediction.
-* :class:`RunAtCompletion` (trainer): when training ends, loads the best checkpoint into the network
-  and runs another evaluator once (the demo's test-slice report).
+* :class:`SubsetMetricReport` (evaluator): per-case metrics averaged per subset of the data (GlaS
+  Test A / Test B), logged and written as CSV.
 * :class:`ProgressBar` (any engine): ignite's tqdm progress bar showing the loss.
 
 Per-case CSV files and their summaries come from MONAI's own ``MetricsSaver``; see evaluate.json.
@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json
-from medurwkv_net.reliability.weights import safe_load_weights
+from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
-    "ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "RunAtCompletion",
+    "ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "SubsetMetricReport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -267,7 +266,11 @@ class OverlayWriter:
                 masks.append(m.numpy()[None])
             image = item["image"]
             source = str(getattr(image, "meta", {}).get("filename_or_obj", ""))
-            self.cases.append((torch.as_tensor(image).detach().cpu().float().numpy(), masks[0], masks[1], source))
+            image = torch.as_tensor(image).detach().cpu().float()
+            shape = next((m.shape[1:] for m in masks if m is not None), image.shape[1:])
+            if tuple(image.shape[1:]) != tuple(shape):  # evaluation in the original space: the image is resized
+                image = torch.nn.functional.interpolate(image[None], size=tuple(shape), mode="bilinear")[0]
+            self.cases.append((image.numpy(), masks[0], masks[1], source))
 
     def write(self, engine: Engine | None = None) -> None:
         if not self.cases:
@@ -305,38 +308,69 @@ class OverlayWriter:
             plt.close(fig)
 
 
-class RunAtCompletion:
-    """When the trainer completes, load ``checkpoint`` (if it exists) into ``network`` and run ``evaluator``.
+class SubsetMetricReport:
+    """Means of per-case metrics for each subset of the evaluated data, and over all cases.
+
+    Some test sets are reported per subset (GlaS: Test A and Test B). Every case of the datalist carries
+    its subset name under ``subset_key``; the per-case values come from MONAI metric handlers
+    (``save_details=True``, the default), averaged over classes, NaN cases left out.
 
     Args:
-        evaluator: a MONAI evaluator (e.g. over the test split, with its own report handlers).
-        network: the network to load into (``DistributedDataParallel`` is unwrapped).
-        checkpoint: path of a plain state dict (``models/model.pt``, the best validation model);
-            when missing the network's current weights are evaluated and a warning is logged.
+        metric_names: metrics attached to the evaluator, e.g. ``["test_mean_dice", "test_hd95"]``.
+        subset_key: the datalist key that names each case's subset.
+        output_file: CSV written at the end of each run (``subset,cases,<metric>...``; ``all`` last).
 
-    Under ``torchrun`` every rank runs this (the evaluator's metrics are gathered across ranks), each
-    on its share of the data (``DistributedSampler`` in multi_gpu_train.json).
+    The means are also added to ``engine.state.metrics`` as ``<metric>_<subset>``.
     """
 
-    def __init__(self, evaluator: Engine, network: torch.nn.Module | None = None, checkpoint: str | None = None):
-        self.evaluator = evaluator
-        self.network = network
-        self.checkpoint = checkpoint
+    def __init__(self, metric_names: Sequence[str], subset_key: str = "subset", output_file: str | None = None):
+        if not metric_names:
+            raise ValueError("SubsetMetricReport: metric_names is empty")
+        self.metric_names = list(metric_names)
+        self.subset_key = subset_key
+        self.output_file = output_file
+        self.subsets: list[str] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.subsets.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        items = batch if isinstance(batch, (list, tuple)) else [batch]
+        for item in items:
+            if self.subset_key not in item:
+                raise KeyError(f"SubsetMetricReport: a case has no '{self.subset_key}' key (keys: {sorted(item)}); "
+                               "the datalist must name each case's subset")
+            value = item[self.subset_key]
+            self.subsets.append(str(value[0] if isinstance(value, (list, tuple)) else value))
 
     def __call__(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # rank 0 may still be writing the checkpoint
-        if self.checkpoint and self.network is not None:
-            if os.path.isfile(self.checkpoint):
-                state = safe_load_weights(self.checkpoint, map_location="cpu")
-                _unwrap(self.network).load_state_dict(state)
-                logger.info(f"evaluating the best checkpoint {self.checkpoint}")
-            else:
-                logger.warning(f"{self.checkpoint} not found; evaluating the final weights")
-        self.evaluator.run()
+        details = getattr(engine.state, "metric_details", {})
+        names = sorted(set(self.subsets)) + ["all"]
+        table: dict[str, dict[str, float]] = {n: {} for n in names}
+        counts = {n: (self.subsets.count(n) if n != "all" else len(self.subsets)) for n in names}
+        for metric in self.metric_names:
+            if metric not in details:
+                raise KeyError(f"SubsetMetricReport: no per-case details for '{metric}' (attached: {sorted(details)})")
+            per_case = torch.as_tensor(details[metric], dtype=torch.float64).reshape(len(self.subsets), -1)
+            finite = torch.isfinite(per_case)
+            case_mean = torch.where(finite, per_case, 0).sum(1) / finite.sum(1).clamp(min=1)
+            case_mean[finite.sum(1) == 0] = float("nan")
+            for n in names:
+                sel = [i for i, s in enumerate(self.subsets) if n == "all" or s == n]
+                vals = case_mean[sel]
+                vals = vals[torch.isfinite(vals)]
+                table[n][metric] = float(vals.mean()) if vals.numel() else float("nan")
+                if n != "all":
+                    engine.state.metrics[f"{metric}_{n}"] = table[n][metric]
+        for n in names:
+            logger.info(f"{n} ({counts[n]} cases): " + ", ".join(f"{m} {table[n][m]:.4f}" for m in self.metric_names))
+        if self.output_file:
+            lines = ["subset,cases," + ",".join(self.metric_names)]
+            lines += [f"{n},{counts[n]}," + ",".join(f"{table[n][m]:.6f}" for m in self.metric_names) for n in names]
+            atomic_write_text(self.output_file, "\n".join(lines) + "\n")
 
 
 class ProgressBar:

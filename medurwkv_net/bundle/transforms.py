@@ -1,14 +1,9 @@
-"""The transform chains every Med-URWKV bundle uses, defined once.
+"""The bundles' transform chains as Python functions, for scripts, benchmarks and tests.
 
-A bundle config refers to these factories instead of repeating transform lists, e.g. (train.json)::
-
-    "train": {"preprocessing": {"_target_": "medurwkv_net.bundle.train_transforms",
-                                "in_channels": "@in_channels",
-                                "spatial_size": "@spatial_size", "spatial_mode": "@spatial_mode",
-                                "intensity": "@intensity", "label_mode": "@label_mode"}}
-
-and (inference.json) ``"preprocessing": {"_target_": "medurwkv_net.bundle.inference_transforms", ...}``
-with the same ids. What the options mean:
+The bundles themselves list these MONAI transforms in their JSON (``train#deterministic_transforms``,
+``train#random_transforms``, ``preprocessing``, ``postprocessing``), where users read and override
+them; these functions build the same chains from a few options, e.g. for a benchmark that trains other
+networks with a bundle's recipe. What the options mean:
 
 ``in_channels``
     channels the network takes; images are converted with

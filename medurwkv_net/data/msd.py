@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .releases import DEFAULT_FRACTIONS, seeded_split, write_datalist
 
-__all__ = ["find_task", "read_task", "prepare", "test_images", "task_info"]
+__all__ = ["check_task", "find_task", "read_task", "prepare", "test_images", "task_info"]
 
 
 def find_task(dataset_dir: str | os.PathLike) -> Path:
@@ -84,8 +84,29 @@ def read_task(dataset_dir: str | os.PathLike) -> tuple[list[dict], list[dict], d
     return cases, tests, meta
 
 
+def check_task(meta: dict, class_names: list[str] | None = None, in_channels: int | None = None) -> None:
+    """Refuse a task whose labels or modalities differ from what a bundle is configured for.
+
+    Raises:
+        ValueError: naming the task's labels / modalities and the bundle ids to set.
+    """
+    name = Path(meta["task_dir"]).name
+    labels = list(meta["labels"].values())
+    if class_names is not None and len(labels) != len(class_names):
+        raise ValueError(
+            f"MSD {name} has {len(labels)} labels {labels}, the bundle is configured for {len(class_names)} "
+            f"{list(class_names)}: pass --class_names \"{labels}\" --out_channels {len(labels)} to every command"
+        )
+    channels = max(len(meta.get("modality", {})), 1)
+    if in_channels is not None and channels != int(in_channels):
+        raise ValueError(
+            f"MSD {name} has {channels} modalities {meta.get('modality', {})}, the bundle is configured for "
+            f"{in_channels} input channel(s): pass --in_channels {channels} to every command"
+        )
+
+
 def prepare(dataset_dir: str | os.PathLike, output: str | os.PathLike | None = None, seed: int = 0,
-            fractions=DEFAULT_FRACTIONS) -> str:
+            fractions=DEFAULT_FRACTIONS, class_names: list[str] | None = None, in_channels: int | None = None) -> str:
     """Write the datalist of the MSD task under ``dataset_dir`` (default ``<task>/datalist.json``) when it is
     missing or out of date, and return its path (what the MSD bundle's ``datalist_file`` calls).
 
@@ -94,12 +115,15 @@ def prepare(dataset_dir: str | os.PathLike, output: str | os.PathLike | None = N
         output: datalist path.
         seed: split seed.
         fractions: training / validation / test fractions of the labelled cases.
+        class_names: when given, the task must have this many labels (see :func:`check_task`).
+        in_channels: when given, the task must have this many modalities.
 
     Examples::
 
         >>> prepare("/data/Task09_Spleen")   # -> "/data/Task09_Spleen/datalist.json"
     """
     cases, tests, meta = read_task(dataset_dir)
+    check_task(meta, class_names, in_channels)
     split = seeded_split(cases, fractions, seed, stratify=None)
     datalist = {
         "name": meta.get("name", Path(meta["task_dir"]).name),

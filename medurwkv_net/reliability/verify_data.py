@@ -897,6 +897,11 @@ def verify_data_cli(
         parser["dataset_dir"] = str(dataset_dir)
     for k, v in override.items():
         parser[k] = v
+    if "prepare_data" in parser:  # the bundle's explicit, idempotent data preparation (its training runs it first)
+        try:
+            parser.get_parsed_content("prepare_data")
+        except Exception as e:
+            raise RuntimeError(f"preparing the data ('prepare_data' of {files}) failed: {_first_line(e)}") from e
     if "verify_data" in parser:
         parser["verify_data"] = False  # the datasets' own check would stop at the first failure; report all here
 

@@ -52,11 +52,12 @@ FAST = {"pretrained": False, "max_epochs": 1, "spatial_size": [32, 32], "batch_s
         "device": "$torch.device('cpu')"}
 
 
-def _cli(bundle: Path, *args: str, **overrides) -> subprocess.CompletedProcess:
+def _cli(bundle: Path, *args: str, env: dict | None = None, **overrides) -> subprocess.CompletedProcess:
     # spelled as users type them: --pretrained False, --spatial_size [32,32]
     flags = [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
     r = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args, *flags], cwd=bundle,
-                       env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=600)
+                       env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, f"{' '.join(args)}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
     return r
 
@@ -116,7 +117,9 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
     assert datalist["dataset"] == dataset
     assert sorted(c["case"] for k in ("training", "validation", "test") for c in datalist[k]) == sorted(rel.masks)
 
-    _inproc(bundle, ["configs/train.json", "configs/evaluate.json"], **common)
+    # evaluation and inference need no Hub: their network is built with pretrained: false (weights: model.pt)
+    offline = {k: v for k, v in common.items() if k != "pretrained"}
+    _cli(bundle, "--config_file", "['configs/train.json','configs/evaluate.json']", env=_no_hub(tmp_path), **offline)
     test_images = sorted(c["image"] for c in datalist["test"])
     for metric in ("test_mean_dice", "test_mean_iou", "test_hd95"):
         raw = bundle / "eval" / f"{metric}_raw.csv"
@@ -128,14 +131,31 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
         values = [float(r[1]) for r in rows[1:]]
         if metric != "test_hd95":
             assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), values
+    if dataset == "glas":  # Test A and Test B reported apart, and pooled
+        rows = list(csv.DictReader(open(bundle / "eval" / "test_subsets.csv")))
+        assert [r["subset"] for r in rows] == ["testA", "testB", "all"]
+        assert [int(r["cases"]) for r in rows] == [1, 1, 2]
 
-    # inference on the test split (default) writes a PNG mask per image, at the image's original size
-    _inproc(bundle, "configs/inference.json", **common)
-    _check_predictions(bundle / "eval" / "predictions", test_images)
-    if dataset == "tdd":  # a folder of images (grey .JPG) instead of the test split
-        _inproc(bundle, "configs/inference.json", input_dir=str(image_folder), output_dir=str(tmp_path / "pred"),
-                **common)
+    # inference on a folder of images writes a PNG mask per image, at the image's original size
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for image in test_images:
+        shutil.copy(image, inputs / Path(image).name)
+    _cli(bundle, "--config_file", "configs/inference.json", env=_no_hub(tmp_path), input_dir=str(inputs),
+         **{k: v for k, v in offline.items() if k in ("bundle_root", "spatial_size", "device")})
+    _check_predictions(bundle / "eval" / "predictions", sorted(str(p) for p in inputs.iterdir()))
+    if dataset == "tdd":  # the archive's own folder of grey .JPG radiographs
+        _cli(bundle, "--config_file", "configs/inference.json", env=_no_hub(tmp_path), input_dir=str(image_folder),
+             output_dir=str(tmp_path / "pred"), bundle_root=str(bundle), spatial_size=[32, 32])
         _check_predictions(tmp_path / "pred", sorted(str(p) for p in image_folder.iterdir()))
+
+
+def _no_hub(tmp_path: Path) -> dict:
+    """Environment of a machine without the Hub: offline, and an empty cache."""
+    cache = tmp_path / "empty_hf_home"
+    cache.mkdir(exist_ok=True)
+    return {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cache), "HF_HUB_CACHE": str(cache / "hub"),
+            "HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
 def _check_predictions(out_dir: Path, images) -> None:
