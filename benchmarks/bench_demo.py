@@ -1,10 +1,10 @@
 """Demo bundle benchmark: MONAI's BasicUNet vs Med-URWKV, same recipe, same wall-clock budget, same run.
 
 Both networks are trained with the demo bundle's own train.json (data, transforms, AdamW + poly LR,
-Dice + CE, validation, best-checkpoint selection, test-slice report); only ``network_def`` differs.
-Training stops at ``max_epochs`` or after the last epoch that fits the budget (validated and
-checkpointed as usual; ignite's ``TimeLimit`` at twice the budget is a hard stop), then the best checkpoint
-is evaluated on the test slices. Speeds are reported as ratios to BasicUNet measured in the
+Dice + CE, validation, best-checkpoint selection); only ``network_def`` differs. Training stops at
+``max_epochs`` or after the last epoch that fits the budget (validated and checkpointed as usual;
+ignite's ``TimeLimit`` at twice the budget is a hard stop), then the bundle's evaluate.json scores the best
+checkpoint on the test slices. Speeds are reported as ratios to BasicUNet measured in the
 same process, so they compare on whatever machine this runs.
 
     python benchmarks/bench_demo.py --budget_s 600 --out benchmarks/results
@@ -63,11 +63,17 @@ def train_one(name: str, network_def, budget_s: float, dataset_dir: str, work: P
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=int(2 * budget_s)))  # hard stop
     wf.run()
     wall = time.perf_counter() - start
-    test = wf.parser.get_parsed_content("test#evaluator").state.metrics
     val = wf.parser.get_parsed_content("validate#evaluator").state
     steps = [b - a for a, b in zip(times[1:], times[2:])]
     net = wf.parser.get_parsed_content("network")
     wf.finalize()
+    configs = [str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")]
+    ev = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=str(BUNDLE / "configs" / "logging.conf"),
+                        **overrides)
+    ev.initialize()
+    ev.run()
+    test = ev.parser.get_parsed_content("validate#evaluator").state.metrics
+    ev.finalize()
     return {
         "network": name,
         "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),

@@ -382,7 +382,10 @@ def _inference_cfg(template: Path, name: str, d: dict) -> dict:
 
 def _metadata(template: Path, name: str, d: dict) -> dict:
     m = _load(template, "metadata.json")
-    m["changelog"] = {m["version"]: f"first release: Med-URWKV (VRWKV-T encoder, ImageNet-pretrained) for {d['short']}"}
+    m["changelog"] = {
+        m["version"]: next(iter(m["changelog"].values())),  # the template's note of this version
+        "0.1.0": f"first release: Med-URWKV (VRWKV-T encoder, ImageNet-pretrained) for {d['short']}",
+    }
     m["required_packages_version"] = {k: v for k, v in m["required_packages_version"].items() if k != "nilearn"}
     m["name"] = f"Med-URWKV {d['short']} segmentation"
     m["task"] = d["task"]
@@ -413,10 +416,18 @@ def _metadata(template: Path, name: str, d: dict) -> dict:
 
 README = ("""# Med-URWKV {short} segmentation bundle
 
-{task_sentence} with Med-URWKV, a pure-RWKV U-Net whose encoder is the ImageNet-1K pretrained
-Vision-RWKV tiny (VRWKV-T) backbone ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image
-Segmentation", arXiv:2506.10858). This is a MONAI bundle: `python -m monai.bundle run`, `monai.bundle
-download` and MONAI Label's monaibundle app use it as is.
+{task_sentence} with Med-URWKV. This is a MONAI bundle: `python -m monai.bundle run`, `monai.bundle
+download` and MONAI Label's monaibundle app use it as is. Not for clinical use.
+
+## Model Overview
+
+Med-URWKV ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation",
+arXiv:2506.10858) is a pure-RWKV U-Net: its encoder is the Vision-RWKV tiny (VRWKV-T) backbone, pretrained
+on ImageNet-1K, and its decoder is made of RWKV blocks.
+`medurwkv_net.MedURWKV(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`, about
+14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo `OpenGVLab/Vision-RWKV`
+(`pretrained: true`{chan_note}), used by training only: evaluation and inference build the network with
+`pretrained: false` and read `models/model.pt`.
 
 ## Data
 
@@ -425,6 +436,7 @@ download` and MONAI Label's monaibundle app use it as is.
 - Licence: see [data_license.txt](data_license.txt). The data are not part of this bundle; download them
   from the source and accept its terms.
 - Labels: {masks}.
+- Split: {split}.
 
 ### Preparation
 
@@ -435,9 +447,10 @@ itself, or a folder one or two levels above it, works too). Expected layout:
 {layout}
 ```
 {layout_note}
-Training prepares the data on first use: it reads the release, checks that every mask has the size of
-its image, and writes `datalist.json` in the bundle folder (rewritten only when the release, the seed or
-the split changed). Split: {split}. To prepare it by hand and see the split sizes:
+Reading a config prepares nothing. Training and evaluation run `prepare_data` first (in `initialize`):
+it reads the release, checks that every mask has the size of its image, and writes `datalist.json` in the
+bundle folder (rewritten only when the release, the seed or the split changed). To prepare it by hand and
+see the split sizes:
 
 ```
 python -m medurwkv_net prepare-data {name} <dataset_dir> --output datalist.json --seed 0
@@ -446,64 +459,94 @@ python -m medurwkv_net prepare-data {name} <dataset_dir> --output datalist.json 
 Errors name the folder and what was expected in it (e.g. an image without its mask, a mask whose size
 differs from its image).
 
-## Model and training recipe (paper recipe)
+## Preprocessing
 
-- Network: `medurwkv_net.MedURWKV(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`,
-  about 14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo `OpenGVLab/Vision-RWKV`
-  (`pretrained: true`{chan_note}).
-- Input: {in_desc}, resized to **256x256** (`spatial_size`); intensities /255 then ImageNet mean/std.
-  Validation metrics are computed at 256x256; inference restores the original size.
-- Loss Dice + cross-entropy; AdamW (lr 1e-4, weight decay 0.01) with polynomial LR decay (power 0.9);
-  batch 8; 100 epochs; encoder frozen for the first 5 epochs (`EncoderFreezeHandler`), then trained.
-- `--pretrained False` trains from scratch (the paper's ablation; no encoder freezing).
-- Augmentation: random flips, 90-degree rotations, intensity scale/shift (`medurwkv_net.bundle.train_transforms`).
+MONAI transforms listed in `configs/train.json`, where they can be read and overridden:
+
+- `train#deterministic_transforms` (also validation, through the `%train#deterministic_transforms` macro):
+  `LoadImaged`; `EnsureChannelFirstd`; `medurwkv_net.data.EnsureChannelsd` ({in_desc}); `medurwkv_net.data.LoadMaskd`
+  (the mask file(s) of a case as one binary channel: {masks_short}); `EnsureTyped`; `ScaleIntensityRanged`
+  (/255); `NormalizeIntensityd` (ImageNet mean/std); `Resized` to **256x256** (`spatial_size`; the mask with
+  nearest neighbour).
+- `train#random_transforms`: `RandFlipd` (both axes), `RandRotate90d`, `RandScaleIntensityd` (+-10 %),
+  `RandShiftIntensityd` (+-0.1), `EnsureTyped`.
+- Evaluation (`configs/evaluate.json`) resizes the image only and inverts the resize of the prediction
+  (`Invertd`), so that Dice, IoU and HD95 are computed against the mask as stored, at its original size.
+  Inference does the same before writing the mask.
+
+`EnsureChannelsd` and `LoadMaskd` are the only non-MONAI transforms (MONAI has no transform that unites
+several mask files or binarises colour/JPEG masks). Override an entry from the command line, e.g.
+`--train#random_transforms#2#prob 0.2`, or the whole training chain with `--train#preprocessing#transforms`.
+
+## Training configuration
+
+Paper recipe: loss Dice + cross-entropy (Dice over the batch); AdamW (lr 1e-4, weight decay 0.01) with
+polynomial LR decay (power 0.9); batch 8; 100 epochs; encoder frozen for the first 5 epochs
+(`EncoderFreezeHandler`), then trained; validation every epoch (mean Dice at 256x256 selects
+`models/model.pt`). `--pretrained False` trains from scratch (the paper's ablation; no encoder freezing).
+Training never reads the test split.
 
 The pretrained encoder is downloaded from the Hugging Face Hub on first use; without network access and
 without a cached copy, training stops before it starts with an error naming the file, the cache folder
 and how to point at a local copy.
 
-## Commands (from this folder)
+## Input/Output
+
+- Input: `image`, {in_desc_short}, any size (resized to 256x256 for the network).
+- Output: `pred`, 2 channels (0 background, 1 {cls}); masks are written at the input's size.
+- Files: `models/model.pt` (state dict of the best validation epoch, what MONAI Label loads); `eval/`
+  (TensorBoard logs, `curves.png`; after evaluation `*_raw.csv` per case and `*_summary.csv` for Dice, IoU and
+  HD95{subset_note}, `evaluation_predictions.png`); `eval/predictions/NAME_seg.png` (inference masks, 0/255).
+
+## Performance
+
+{expected}
+
+## MONAI Bundle Commands
+
+From this folder:
 
 ```
-# train (prepares the data on first use); writes models/model.pt, TensorBoard logs and curves to eval/
+# train (prepares the data first); writes models/model.pt, TensorBoard logs and curves to eval/
 python -m monai.bundle run training --config_file configs/train.json --dataset_dir <dataset_dir>
-python -m monai.bundle run --config_file configs/train.json --dataset_dir <dataset_dir>          # same
 # from scratch (paper ablation)
 python -m monai.bundle run training --config_file configs/train.json --dataset_dir <dataset_dir> --pretrained False
-# evaluate models/model.pt on the test split: per-case Dice, IoU and HD95 CSVs + summaries in eval/
+# evaluate models/model.pt on the test split (no Hub access needed)
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir <dataset_dir>
-# inference: masks (PNG, 0/255, original size) in eval/predictions/ for a folder of images,
-# or for the test split when --input_dir is not given
+# inference: masks (PNG, 0/255, original size) in eval/predictions/ for a folder of images
 python -m monai.bundle run --config_file configs/inference.json --input_dir <folder of images>
 # multi-GPU (DDP)
 torchrun --nproc_per_node=2 -m monai.bundle run """
           """--config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir <dataset_dir>
 # checks
+python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath schema.json
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json """
           """--config_file configs/inference.json
-python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt """
-          """--meta_file configs/metadata.json --config_file configs/inference.json
 ```
 
 Useful overrides: `--split_seed N` (seeded splits), `--spatial_size "[320,320]"`, `--max_epochs`,
 `--batch_size`, `--device "\\$torch.device('cpu')"`.
 
-## Expected metrics
+This bundle ships without trained weights (`models/model.pt` is written by training); the model zoo's
+checks that need weights (TorchScript export, MONAI Label inference) are run by the project's tests on
+weights saved from the untrained network, as the zoo's own CI does for bundles whose weights are hosted
+elsewhere.
 
-{expected}
+## References
 
-## Outputs
+{references}
 
-- `models/model.pt`: state dict of the best validation epoch (mean Dice), what MONAI Label loads.
-- `eval/`: TensorBoard logs, `curves.png`, `test_predictions.png` (first test cases: image, ground
-  truth, prediction); after evaluation `*_raw.csv` (per case) and `*_summary.csv` for Dice, IoU, HD95.
-- `eval/predictions/NAME_seg.png`: inference masks.
-
-## Licence
+## License
 
 Code and weights of this bundle: Apache-2.0 (see [LICENSE](../LICENSE)). The data keep their own
 terms ([data_license.txt](data_license.txt)); weights trained on them may be bound by those terms.
 """)
+
+
+REFERENCES = [
+    "Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation, arXiv:2506.10858",
+    "Duan et al., Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures, arXiv:2403.02308",
+]
 
 
 def _readme(name, d):
@@ -520,8 +563,13 @@ def _readme(name, d):
         layout_note=("\n" + d["layout_note"] + "\n") if d.get("layout_note") else "", name=name,
         in_channels=d["in_channels"],
         chan_note=", RGB patch embedding summed over colours for 1 channel" if d["in_channels"] == 1 else "",
-        in_desc=("grey-scale radiograph (1 channel; colour files are converted to luminance)" if d["in_channels"] == 1
-                 else "RGB (3 channels; grey-scale files are repeated to 3 channels, alpha dropped)"),
+        in_desc=("1 channel: colour files are averaged to grey" if d["in_channels"] == 1
+                 else "3 channels: grey-scale files are repeated, alpha dropped"),
+        in_desc_short=("grey-scale radiograph (1 channel)" if d["in_channels"] == 1 else "RGB (3 channels)"),
+        masks_short=d.get("masks_short", "foreground where any channel is above the threshold"),
+        cls=d["cls"],
+        subset_note="; `test_subsets.csv`: Test A, Test B and pooled" if name == "glas" else "",
+        references="\n".join(f"- {r}" for r in REFERENCES + d["refs"]),
         expected=expected,
     )
 

@@ -343,11 +343,25 @@ def postprocessing(
     return Compose(chain)
 
 
-def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOTO_EXTENSIONS) -> list[dict]:
-    """``[{"image": path}, ...]`` for the image files directly in ``folder`` (sorted), for inference."""
+def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOTO_EXTENSIONS,
+                missing_ok: bool = False) -> list[dict]:
+    """``[{"image": path}, ...]`` for the image files directly in ``folder`` (sorted), for inference.
+
+    Args:
+        folder: the folder of input images (``input_dir`` of the bundles' inference.json).
+        extensions: file name endings taken as images.
+        missing_ok: return ``[]`` for a folder that does not exist, so that a workflow can be built and
+            checked without data; the bundles' ``run`` calls this again without it, which refuses
+            a missing or empty folder before the run starts.
+
+    Raises:
+        FileNotFoundError: naming the folder and what to pass instead.
+    """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"input_dir {folder!r} is not a folder")
+        if missing_ok:
+            return []
+        raise FileNotFoundError(f"input_dir '{folder}' is not a folder: pass --input_dir <folder of images>")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(extensions)) and not n.startswith("."))
     if not names:
-        raise FileNotFoundError(f"input_dir {folder!r} holds no image with extension {list(extensions)}")
+        raise FileNotFoundError(f"input_dir '{folder}' holds no image with extension {list(extensions)}")
     return [{"image": os.path.join(folder, n)} for n in names]

@@ -18,7 +18,7 @@ from medurwkv_net.data import mni152_volume, msd
 from medurwkv_net.networks.volumetric import MedURWKV3D
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_demo_bundle import bundle_run  # noqa: E402  (the 2D bundle tests' runner)
+from test_demo_bundle import NO_HUB, bundle_run  # noqa: E402  (the 2D bundle tests' runner)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = ["--network_def#feature_size", "16", "--network_def#bottleneck_depth", "1",
@@ -108,18 +108,20 @@ def test_mni152_3d_bundle_train_evaluate_infer(tmp_path):
             lists[split].append({"image": f"images/{split}{i}.nii.gz", "label": f"labels/{split}{i}.nii.gz"})
     (data / "datalist.json").write_text(json.dumps(lists))
     bundle = _copy_bundle("medurwkv_mni152_tissue_3d", tmp_path)
+    own_data = ["--datalist_file", str(data / "datalist.json"), "--prepare_data", "False"]  # a datalist of one's own
     out = bundle_run(bundle, "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1",
-                     "--num_samples", "1", "--datalist_file", str(data / "datalist.json"), *TINY_NET)
-    assert "val_mean_dice_grey_matter" in out and "test_mean_dice_white_matter" in out
+                     "--num_samples", "1", *own_data, *TINY_NET)
+    assert "val_mean_dice_grey_matter" in out and "test_mean_dice" not in out  # training never reads the test split
+    assert not (bundle / "data").exists()
     state = torch.load(bundle / "models/model.pt", map_location="cpu", weights_only=True)
     MedURWKV3D(in_channels=1, out_channels=3, img_size=96, feature_size=16, bottleneck_depth=1,
                decoder_depths=(1, 1, 1)).load_state_dict(state)  # a plain, strict state dict
-    bundle_run(bundle, "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
-               "--datalist_file", str(data / "datalist.json"), *TINY_NET)
+    bundle_run(bundle, "run", "--config_file", "['configs/train.json','configs/evaluate.json']", *own_data, *TINY_NET,
+               env=NO_HUB)
     rows = list(csv.reader(open(bundle / "eval" / "test_mean_dice_raw.csv")))
     assert len(rows) == 1 + 2  # header + one row per test volume
     bundle_run(bundle, "run", "--config_file", "configs/inference.json", "--input_dir", str(data / "images"),
-               "--output_dir", str(tmp_path / "pred"), *TINY_NET)
+               "--output_dir", str(tmp_path / "pred"), *TINY_NET, env=NO_HUB)
     for src in sorted((data / "images").glob("*.nii.gz")):
         pred = nib.load(tmp_path / "pred" / src.name.replace(".nii.gz", "_seg.nii.gz"))
         assert pred.shape == nib.load(src).shape  # sliding window over the whole volume, original size
@@ -165,16 +167,21 @@ def test_msd_reader_layout_and_errors(tmp_path):
 def test_msd_bundle_train_evaluate_infer(tmp_path):
     task = _msd_task(tmp_path / "data", np.random.default_rng(2), modalities=("CT",))
     bundle = _copy_bundle("medurwkv_msd", tmp_path)
+    # the bundle is configured for Task09_Spleen (2 classes): another task must say its classes
+    failed = bundle_run(bundle, "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(task),
+                        "--max_epochs", "1", *TINY_NET, check=False)
+    assert "MSD Task99_Synthetic has 3 labels ['background', 'core', 'rim']" in failed and "--out_channels 3" in failed
+    task_ids = ["--class_names", "['background','core','rim']", "--out_channels", "3"]
     out = bundle_run(bundle, "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(task),
-                     "--max_epochs", "1", "--num_samples", "1", *TINY_NET)
-    assert "val_mean_dice_core" in out and "test_mean_dice_rim" in out  # classes read from dataset.json
+                     "--max_epochs", "1", "--num_samples", "1", *task_ids, *TINY_NET)
+    assert "val_mean_dice_core" in out and "val_mean_dice_rim" in out
     state = torch.load(bundle / "models/model.pt", map_location="cpu", weights_only=True)
-    assert state["encoder.patch_embed.projection.weight"].shape[1] == 1  # channels read from dataset.json
+    assert state["encoder.patch_embed.projection.weight"].shape[1] == 1
     assert state["out.weight"].shape[0] == 3
     bundle_run(bundle, "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
-               "--dataset_dir", str(task), *TINY_NET)
+               "--dataset_dir", str(task), *task_ids, *TINY_NET, env=NO_HUB)
     assert len(list(csv.reader(open(bundle / "eval" / "test_mean_dice_raw.csv")))) == 2
-    bundle_run(bundle, "run", "--config_file", "configs/inference.json", "--dataset_dir", str(task),
-               "--output_dir", str(tmp_path / "pred"), *TINY_NET)
+    bundle_run(bundle, "run", "--config_file", "configs/inference.json", "--input_dir", str(task / "imagesTs"),
+               "--out_channels", "3", "--output_dir", str(tmp_path / "pred"), *TINY_NET, env=NO_HUB)
     pred = nib.load(tmp_path / "pred" / "syn_100_seg.nii.gz")
     assert pred.shape == (33, 29, 17) and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}

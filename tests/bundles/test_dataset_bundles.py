@@ -88,7 +88,7 @@ def test_bundle_file_set_and_metadata(dataset):
     out = meta["network_data_format"]["outputs"]["pred"]
     assert inp["num_channels"] == train["in_channels"] == len(inp["channel_def"])
     assert out["num_channels"] == train["out_channels"] == len(out["channel_def"]) == len(train["class_names"])
-    assert train["dataset_name"] == dataset and train["pretrained"] is True and train["spatial_mode"] == "resize"
+    assert train["dataset_name"] == dataset and train["pretrained"] is True and train["spatial_size"] == [256, 256]
     from medurwkv_net.data import get_release
 
     assert train["label_threshold"] == get_release(dataset).label_threshold

@@ -28,7 +28,6 @@ def test_torchrun_two_ranks_gloo_one_checkpoint(tmp_path):
         "--max_epochs", "1", "--spatial_size", "[64,64]", "--num_samples", "1", "--batch_size", "1",
         "--train#dataset#data", "$monai.data.load_decathlon_datalist(@datalist_file, True, 'training')[::30]",
         "--validate#dataset#data", "$monai.data.load_decathlon_datalist(@datalist_file, True, 'validation')[::6]",
-        "--test#dataset#data", "$monai.data.load_decathlon_datalist(@datalist_file, True, 'test')[::6]",
         "--validate#inferer#overlap", "0.0",
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

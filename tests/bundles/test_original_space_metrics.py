@@ -28,7 +28,8 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def _synthetic():
-    spec = importlib.util.spec_from_file_location("synthetic_releases", REPO / "tests" / "data" / "synthetic_releases.py")
+    path = REPO / "tests" / "data" / "synthetic_releases.py"
+    spec = importlib.util.spec_from_file_location("synthetic_releases", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)
     spec.loader.exec_module(module)

@@ -61,7 +61,6 @@ def main() -> int:
                 "num_samples": 1,
                 "batch_size": 1,
                 "validate#inferer#overlap": 0.0,
-                "test#dataset#data": "$monai.data.load_decathlon_datalist(@datalist_file, True, 'test')[:1]",
             })
             return overrides
 

@@ -1,0 +1,186 @@
+"""Every bundle's configs as the MONAI model zoo writes them, checked without any dataset on disk.
+
+- the transform chains are MONAI transforms listed in the JSON, and command-line overrides change them;
+- reading a config and resolving its data ids writes nothing (data preparation is an explicit step);
+- inference builds its network from literals, without the training data or the Hub;
+- the zoo's submission checks: necessary and preferred files, version and changelog, the inference
+  workflow's properties, ``verify_net_in_out``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.utils import set_determinism
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+PHOTO = ["medurwkv_busi", "medurwkv_glas", "medurwkv_isic2017", "medurwkv_isic2018", "medurwkv_kvasir",
+         "medurwkv_nkut", "medurwkv_tdd"]
+NO_HUB = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def test_all_bundles_are_checked():
+    assert len(BUNDLES) == 10 and set(PHOTO) < set(BUNDLES)
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_transforms_are_declared_monai_classes(name):
+    for config in ("train.json", "inference.json"):
+        text = (REPO / "bundles" / name / "configs" / config).read_text()
+        assert text.count('"_target_": "LoadImaged"') >= 1, (name, config)
+        assert "medurwkv_net.bundle.train_transforms" not in text and "inference_transforms" not in text
+    train = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())
+    targets = [t["_target_"] for t in train["train"]["deterministic_transforms"] + train["train"]["random_transforms"]]
+    own = [t for t in targets if "." in t]
+    # project transforms only where MONAI has none: channel conversion and the releases' mask files
+    assert set(own) <= {"medurwkv_net.data.EnsureChannelsd", "medurwkv_net.data.LoadMaskd"}, own
+    assert train["validate"]["preprocessing"]["transforms"] == "%train#deterministic_transforms"
+    assert "test" not in train  # training never scores the test split
+
+
+def _workflow(bundle: Path, config, workflow_type: str = "train", **override) -> ConfigWorkflow:
+    return ConfigWorkflow(config_file=config, workflow_type=workflow_type, **override)
+
+
+def test_command_line_overrides_change_the_training_chain(tmp_path):
+    bundle = REPO / "bundles" / "medurwkv_mni152_tissue"
+    train = str(bundle / "configs" / "train.json")
+    default = _workflow(bundle, train).parser.get_parsed_content("train#preprocessing")
+    names = [type(t).__name__ for t in default.transforms]
+    assert names[:4] == ["LoadImaged", "EnsureChannelFirstd", "ScaleIntensityd", "EnsureTyped"]
+    assert names[4:] == ["SpatialPadd", "RandSpatialCropSamplesd", "RandFlipd", "RandScaleIntensityd", "EnsureTyped"]
+    assert default.transforms[6].prob == 0.5
+
+    # what `python -m monai.bundle run training --config_file configs/train.json --train#...` passes on
+    changed = _workflow(bundle, train, **{"train#random_transforms#2#prob": 0.2,
+                                         "train#random_transforms#3#factors": 0.3})
+    chain = changed.parser.get_parsed_content("train#preprocessing")
+    assert chain.transforms[6].prob == 0.2 and chain.transforms[7].scaler.factors == (-0.3, 0.3)
+    no_aug = _workflow(bundle, train, **{"train#preprocessing#transforms": "$@train#deterministic_transforms"})
+    assert [type(t).__name__ for t in no_aug.parser.get_parsed_content("train#preprocessing").transforms] == names[:4]
+
+    # and through the real command line: a 0-probability flip leaves every training crop unflipped
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "print_chain", "--config_file", "configs/train.json",
+         "--print_chain", "$print([type(t).__name__ for t in @train#preprocessing.transforms])",
+         "--initialize", "[]", "--train#preprocessing#transforms", "$@train#deterministic_transforms[:2]"],
+        cwd=bundle, capture_output=True, text=True, timeout=300, env={**os.environ, **NO_HUB})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "['LoadImaged', 'EnsureChannelFirstd']" in proc.stdout
+
+
+def test_demo_chain_is_the_recipe_it_replaced(tmp_path):
+    """The JSON chain of the demo gives the same tensors as the Python recipe with the demo's options."""
+    import nibabel as nib
+
+    from medurwkv_net.bundle import train_transforms
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 44)) * 200).astype(np.float32)
+    lab = rng.integers(0, 3, (40, 44)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "lab.nii.gz")
+    item = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    bundle = REPO / "bundles" / "medurwkv_mni152_tissue"
+    outputs = []
+    for make in ("json", "python"):
+        set_determinism(seed=0)
+        if make == "json":
+            parser = ConfigParser()
+            parser.read_config(str(bundle / "configs" / "train.json"))
+            parser["spatial_size"] = [32, 32]
+            chain = parser.get_parsed_content("train#preprocessing")
+        else:
+            chain = train_transforms(1, [32, 32], num_samples=1, flip_axes=[0], rotate90=False,
+                                     intensity_scale=0.15, intensity_shift=0.0)
+        outputs.append([chain(dict(item)) for _ in range(6)])
+    set_determinism(None)
+    for a, b in zip(*outputs):
+        a, b = a[0], b[0]  # one crop per call
+        torch.testing.assert_close(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+        torch.testing.assert_close(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_reading_configs_writes_nothing(tmp_path, name):
+    bundle = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, bundle)
+    before = sorted(p for p in bundle.rglob("*"))
+    configs = [["train.json"], ["train.json", "evaluate.json"], ["inference.json"]]
+    for files in configs:
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / f) for f in files])
+        parser["bundle_root"] = str(bundle)
+        parser.parse()
+        for key in ("dataset_dir", "datalist_file", "input_dir", "in_channels", "out_channels"):
+            if key in parser:
+                parser.get_parsed_content(key)
+        assert isinstance(parser.get_parsed_content("out_channels"), int)
+        if "inference.json" in files:
+            net = parser.get_parsed_content("network_def")  # literal channels, no dataset, no Hub
+            assert net.out_channels == parser.get_parsed_content("out_channels")
+    assert sorted(p for p in bundle.rglob("*")) == before
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_evaluation_and_inference_build_the_network_without_imagenet_weights(name):
+    for files in (["train.json", "evaluate.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "bundles" / name / "configs" / f) for f in files])
+        network_def = parser.get("network_def")
+        assert network_def.get("pretrained") is False, (name, files)
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_model_zoo_submission_checks(tmp_path, name):
+    """The checks of the model zoo's bundle verification, written for this repository."""
+    bundle = REPO / "bundles" / name
+    for necessary in ("configs/metadata.json", "LICENSE"):
+        assert (bundle / necessary).is_file(), necessary
+    assert (bundle / "configs" / "inference.json").is_file()  # preferred; models/model.pt: see the model card
+    assert "ships without trained weights" in (bundle / "docs" / "README.md").read_text() or name.startswith(
+        "medurwkv_mni152") or name == "medurwkv_msd"
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    for key in ("monai_version", "pytorch_version", "numpy_version", "name", "task", "description", "authors",
+                "copyright", "network_data_format"):
+        assert key in meta, key
+    # the inference workflow has every property MONAI's bundle workflows (and so MONAI Label) rely on
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"),
+                              meta_file=str(bundle / "configs" / "metadata.json"),
+                              logging_file=str(bundle / "configs" / "logging.conf"), workflow_type="infer")
+    workflow.initialize()
+    assert not workflow.check_properties(), workflow.check_properties()
+    readme = (bundle / "docs" / "README.md").read_text()
+    for section in ("Model Overview", "Data", "Preprocessing", "Training configuration", "Input/Output",
+                    "Performance", "MONAI Bundle Commands", "References", "License"):
+        assert f"## {section}" in readme, (name, section)
+
+
+@pytest.mark.parametrize("name", [b for b in BUNDLES if b not in PHOTO])
+def test_verify_net_in_out_without_data(tmp_path, name):
+    """The photo bundles' twin is in test_dataset_bundles.py; here the NIfTI bundles, 3D ones included."""
+    bundle = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, bundle, ignore=shutil.ignore_patterns("models", "eval", "data"))
+    extra = []
+    if "3d" in name or name == "medurwkv_msd":  # a smaller 3D network and input keep this to seconds
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = [32, 32, 32]
+        meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] = [32, 32, 32]
+        (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+        extra = ["--network_def#feature_size", "16", "--network_def#img_size", "32"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+         "configs/metadata.json", "--config_file", "configs/inference.json", *extra],
+        cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, **NO_HUB})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not (bundle / "data").exists()
