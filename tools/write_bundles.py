@@ -255,7 +255,8 @@ def _image_chain(d: dict) -> list[dict]:
     return [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "medurwkv_net.data.EnsureChannelsd", "keys": "image", "channels": "@in_channels"},
+        {"_target_": "medurwkv_net.data.EnsureChannelsd", "keys": "image", "channels": "@in_channels",
+         "eight_bit": True},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
         {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 255.0, "b_min": 0.0,
          "b_max": 1.0, "clip": True},
@@ -313,7 +314,8 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
                            f"@split_seed{_reader_args(name)})")
     cfg = _insert_after(cfg, "output_dir", ids)
     cfg["verified_datalist"] = cfg["verified_datalist"].replace(
-        "label_mode='index'", "label_mode='mask', label_threshold=@label_threshold")
+        "label_mode='index'", "label_mode='mask', label_threshold=@label_threshold, image_channels=@in_channels, "
+        "convert_channels=True, eight_bit=True")
     cfg["class_names"] = ["background", d["cls"]]
     cfg["in_channels"] = d["in_channels"]
     cfg["out_channels"] = 2
@@ -333,6 +335,9 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
         if isinstance(h, dict) and h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not index files
             h["label_mode"] = "mask"
             h["label_threshold"] = "@label_threshold"
+            h["image_channels"] = "@in_channels"
+            h["convert_channels"] = True
+            h["eight_bit"] = True
     return cfg
 
 
@@ -563,10 +568,11 @@ def _readme(name, d):
         layout_note=("\n" + d["layout_note"] + "\n") if d.get("layout_note") else "", name=name,
         in_channels=d["in_channels"],
         chan_note=", RGB patch embedding summed over colours for 1 channel" if d["in_channels"] == 1 else "",
-        in_desc=("1 channel: colour files are averaged to grey" if d["in_channels"] == 1
-                 else "3 channels: grey-scale files are repeated, alpha dropped"),
+        in_desc=("1 channel: colour files are averaged to grey, alpha dropped; 16-bit files scaled to 0-255"
+                 if d["in_channels"] == 1
+                 else "3 channels: grey-scale files are repeated, alpha dropped; 16-bit files scaled to 0-255"),
         in_desc_short=("grey-scale radiograph (1 channel)" if d["in_channels"] == 1 else "RGB (3 channels)"),
-        masks_short=d.get("masks_short", "foreground where any channel is above the threshold"),
+        masks_short=d.get("masks_short", "alpha dropped, foreground where any colour channel is above the threshold"),
         cls=d["cls"],
         subset_note="; `test_subsets.csv`: Test A, Test B and pooled" if name == "glas" else "",
         references="\n".join(f"- {r}" for r in REFERENCES + d["refs"]),

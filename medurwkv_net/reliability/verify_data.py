@@ -164,6 +164,7 @@ class _Loaded:
     spatial_shape: tuple[int, ...]
     affine: np.ndarray | None
     digest: str | None
+    mode: str | None = None  # PIL mode of a bitmap (L, RGB, RGBA, I;16, ...)
 
 
 def _suffix(path: Path) -> str:
@@ -228,7 +229,8 @@ def _load_one(path: Path, hash_content: bool) -> _Loaded:
     spatial = tuple(int(s) for s in (arr.shape[:-1] if has_channel else arr.shape))
     affine = meta.get("affine")
     affine = None if affine is None else np.asarray(affine, dtype=np.float64)
-    return _Loaded(arr, channels, spatial, affine, digest)
+    mode = meta.get("mode") if isinstance(meta.get("mode"), str) else None
+    return _Loaded(arr, channels, spatial, affine, digest, mode)
 
 
 def _from_memory(x: Any, has_channel_first: bool) -> _Loaded:
@@ -314,6 +316,8 @@ class _Options:
     check_duplicates: bool
     spatial_dims: int | None = None
     roots: tuple[str, ...] = ()
+    convert_to: int | None = None  # images are converted to this many channels (EnsureChannels)
+    eight_bit: bool = False
 
 
 def _real_path(path: Path) -> str | None:
@@ -350,15 +354,22 @@ def _check_path(case: CaseReport, part: Path, what: str, opts: _Options) -> bool
     return True
 
 
-def _check_mask_values(case: CaseReport, arr: np.ndarray, threshold: float | None, what: str) -> np.ndarray | None:
-    """``label_mode="mask"``: foreground = any channel > threshold (None: 0/1 masks > 0, others > 127)."""
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        case.error("nonfinite", f"{what} has {int((~np.isfinite(arr)).sum())} NaN/Inf values")
+def _channel_first(ld: _Loaded) -> np.ndarray:
+    arr = ld.array
+    return np.moveaxis(arr, -1, 0) if arr.ndim > len(ld.spatial_shape) else arr[None]
+
+
+def _check_mask_values(case: CaseReport, ld: _Loaded, threshold: float | None, what: str,
+                       source: str) -> np.ndarray | None:
+    """``label_mode="mask"``: the foreground the training pipeline takes (:func:`mask_foreground`, the
+    implementation ``LoadMaskd`` uses: alpha dropped, any colour channel above the threshold)."""
+    from medurwkv_net.data.transforms import mask_foreground
+
+    try:
+        return mask_foreground(_channel_first(ld), threshold, source=source).numpy()
+    except ValueError as e:
+        case.error("label_values", f"{what}: {e}")
         return None
-    vmax = float(arr.max()) if arr.size else 0.0
-    thr = threshold if threshold is not None else (0 if vmax <= 1 else 127)
-    fg = arr > thr
-    return fg
 
 
 def verify_datalist(
@@ -379,6 +390,8 @@ def verify_datalist(
     raise_on_error: bool = False,
     spatial_dims: int | None = None,
     dataset_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    convert_channels: bool = False,
+    eight_bit: bool = False,
 ) -> VerificationReport:
     """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
 
@@ -402,6 +415,11 @@ def verify_datalist(
             another number (a 3D or 4D volume in a 2D pipeline) is an error.
         dataset_dir: every file must lie inside this folder, or one of these folders (a path leaving it with
             ``../`` is an error).
+        convert_channels: images are brought to ``image_channels`` by the pipeline's ``EnsureChannelsd`` (grey
+            repeated, RGB averaged, alpha dropped): check that this conversion succeeds, with the same code,
+            instead of requiring exactly ``image_channels``.
+        eight_bit: the pipeline scales 16-bit images to the 8-bit range (``EnsureChannelsd(eight_bit=True)``);
+            images it refuses (32-bit, floating point) are errors.
     """
     if label_mode not in ("index", "mask"):
         raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
@@ -429,9 +447,14 @@ def verify_datalist(
         chans = {int(image_channels)}
     else:
         chans = None
+    convert_to = None
+    if convert_channels:
+        if image_channels is None:
+            raise ValueError("convert_channels=True needs image_channels (the channels the network takes)")
+        convert_to, chans = int(image_channels), None
     opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
                     bool(check_duplicates), None if spatial_dims is None else int(spatial_dims),
-                    _roots(dataset_dir))
+                    _roots(dataset_dir), convert_to, bool(eight_bit))
 
     if isinstance(datalist, Mapping):
         groups = [(str(k), v) for k, v in datalist.items()]
@@ -534,6 +557,15 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
                            f"{opts.spatial_dims}D images")
         return None
     channels = sum(ld.channels for ld in loaded)
+    if opts.convert_to is not None or opts.eight_bit:
+        from medurwkv_net.data.transforms import image_to_channels
+
+        for ld, part in zip(loaded, parts):
+            try:
+                image_to_channels(_channel_first(ld), opts.convert_to or ld.channels, eight_bit=opts.eight_bit,
+                                  mode=ld.mode, source=str(resolve(part)) if isinstance(resolve(part), Path) else None)
+            except ValueError as e:
+                case.error("channels", str(e))
     if opts.allowed_channels is not None and channels not in opts.allowed_channels:
         expected = sorted(opts.allowed_channels)
         case.error("channels", f"image has {channels} channel(s), expected "
@@ -594,16 +626,22 @@ def _verify_case(case, image, label, resolve, opts: _Options, seen_paths, seen_d
         nonzero_max = 0.0
         for lab, part in zip(labs, parts):
             what = "label" if len(parts) == 1 else f"label '{part}'"
-            fg = _check_mask_values(case, lab.array, opts.label_threshold, what)
+            fg = _check_mask_values(case, lab, opts.label_threshold, what,
+                                    str(resolve(part)) if isinstance(resolve(part), Path) else "")
             if fg is None:
                 return
             fg_any = fg_any or bool(fg.any())
-            if lab.array.size:
-                nonzero_max = max(nonzero_max, float(np.max(lab.array)))
+            colour = _channel_first(lab)
+            colour = colour[:-1] if colour.shape[0] in (2, 4) else colour  # alpha is not data
+            if colour.size:
+                nonzero_max = max(nonzero_max, float(np.max(colour)))
         case.label_classes = [0, 1] if fg_any else [0]
         if not fg_any:
             if nonzero_max > 0:
-                threshold = opts.label_threshold if opts.label_threshold is not None else "auto (127)"
+                from medurwkv_net.data.transforms import mask_threshold
+
+                threshold = (opts.label_threshold if opts.label_threshold is not None
+                             else f"auto ({mask_threshold(np.array([nonzero_max])):g})")
                 case.warn("empty_label", f"mask has non-zero values (max {nonzero_max:g}) but none above the "
                                          f"threshold {threshold}: empty after thresholding")
             else:
@@ -825,6 +863,40 @@ def _from_meta(meta: Mapping) -> tuple[int | None, int | None, dict | None]:
     return num_classes, image_channels, channel_def
 
 
+def _find_target(node: Any, suffix: str, path: str = "") -> str | None:
+    """The config id of the first entry whose ``_target_`` ends with ``suffix``."""
+    if isinstance(node, Mapping):
+        if str(node.get("_target_", "")).endswith(suffix):
+            return path
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for k, v in items:
+        found = _find_target(v, suffix, f"{path}#{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def _conversion_settings(parser) -> dict:
+    """``image_channels``/``convert_channels``/``eight_bit`` of the config's ``EnsureChannelsd`` (the conversion
+    the pipeline applies to images), so that verification accepts what the pipeline converts."""
+    for root in ("train#deterministic_transforms", "train#preprocessing", "validate#preprocessing", "preprocessing"):
+        if root not in parser:
+            continue
+        at = _find_target(parser.get(root), "EnsureChannelsd", root)
+        if at is None:
+            continue
+        out: dict[str, Any] = {"convert_channels": True,
+                               "image_channels": int(parser.get_parsed_content(f"{at}#channels"))}
+        if f"{at}#eight_bit" in parser:
+            out["eight_bit"] = bool(parser.get_parsed_content(f"{at}#eight_bit"))
+        return out
+    return {}
+
+
 def _handler_settings(parser) -> dict:
     """Arguments of the first ``VerifyDataHandler`` in ``train#handlers`` (the bundle's own settings)."""
     try:
@@ -920,6 +992,7 @@ def verify_data_cli(
         settings["spatial_dims"] = len(parser.get_parsed_content("spatial_size"))
     if "dataset_dir" in parser:
         settings["dataset_dir"] = parser.get_parsed_content("dataset_dir")
+    settings.update(_conversion_settings(parser))
     settings.update(_handler_settings(parser))
     cli = {"num_classes": num_classes, "image_channels": image_channels, "allowed_channels": allowed_channels,
            "label_mode": label_mode, "label_threshold": label_threshold}

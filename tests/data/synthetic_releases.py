@@ -3,8 +3,9 @@
 ``make_release(dataset, root)`` writes one under ``root`` (the folder the archive would be unpacked
 into) and returns a :class:`SyntheticRelease` with the folder to pass as ``dataset_dir`` and, for every
 case, the foreground mask the readers and ``LoadMaskd`` must produce (``(H, W)`` bool, row-major).
-Images have odd sizes and mix RGB and grayscale; the BUSI tree has a case with two masks and a normal
-case with an empty mask; Kvasir-SEG and TDD masks are JPEG; GlaS annotations hold instance ids.
+Images have odd sizes and mix RGB and grayscale; the BUSI tree has a case with two masks, RGB and RGBA
+masks and normal cases with empty masks; NKUT has a 16-bit image with a 16-bit mask; Kvasir-SEG and TDD
+masks are JPEG; GlaS annotations hold instance ids.
 Shared by tests/data and tests/bundles (import it by path or with tests/data on sys.path).
 """
 
@@ -49,10 +50,16 @@ def _photo(mask: np.ndarray, rng: np.random.Generator, mode: str) -> Image.Image
     return img.convert("L") if mode == "L" else img
 
 
-def _save_mask(mask: np.ndarray, path: Path, values: int = 255, rgb: bool = False, **kw) -> None:
+def _save_mask(mask: np.ndarray, path: Path, values: int = 255, rgb: bool = False, rgba: bool = False,
+               bits: int = 8, **kw) -> None:
+    """0/``values`` mask; ``rgb``: 3 equal channels; ``rgba``: RGB + an opaque alpha channel (as some BUSI
+    masks are stored); ``bits=16``: a 16-bit grey PNG holding 0/65535."""
+    if bits == 16:
+        Image.fromarray(mask.astype(np.uint16) * 65535).save(path, **kw)
+        return
     arr = mask.astype(np.uint8) * values
     img = Image.fromarray(arr, "L")
-    (img.convert("RGB") if rgb else img).save(path, **kw)
+    (img.convert("RGBA") if rgba else img.convert("RGB") if rgb else img).save(path, **kw)
 
 
 def _cases(n: int, seed: int):
@@ -123,7 +130,7 @@ def make_busi(root: Path, per_class: int = 4) -> SyntheticRelease:
             name = f"{cls} ({i + 1})"
             m = _blob(w, h, rng, empty=cls == "normal")
             _photo(m, rng, "L" if i % 2 else "RGB").save(base / cls / f"{name}.png")
-            _save_mask(m, base / cls / f"{name}_mask.png", rgb=i == 2)
+            _save_mask(m, base / cls / f"{name}_mask.png", rgb=i == 2, rgba=cls == "malignant" and i == 1)
             if cls == "benign" and i == 0:  # a second lesion in its own mask file: label = union
                 m2 = np.zeros_like(m)
                 m2[1:6, 1:7] = True
@@ -152,7 +159,7 @@ def make_glas(root: Path, counts=None) -> SyntheticRelease:
 
 
 def _make_folders(dataset: str, root: Path, n: int, image_ext: str, mask_ext: str, mode: str,
-                  lossy: bool) -> SyntheticRelease:
+                  lossy: bool, sixteen_bit: bool = False) -> SyntheticRelease:
     base = Path(root)
     (base / "images").mkdir(parents=True)
     (base / "masks").mkdir(parents=True)
@@ -160,8 +167,14 @@ def _make_folders(dataset: str, root: Path, n: int, image_ext: str, mask_ext: st
     for i, w, h, rng in _cases(n, seed=len(dataset)):
         case = f"{i + 1}"
         m = _blob(w, h, rng)
-        _photo(m, rng, mode).save(base / "images" / f"{case}{image_ext}")
-        _save_mask(m, base / "masks" / f"{case}{mask_ext}", **({"quality": 90} if lossy else {}))
+        photo = _photo(m, rng, mode)
+        if sixteen_bit and i == 1:  # a 16-bit grey image (values up to 65535) with a 16-bit mask
+            Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(
+                base / "images" / f"{case}{image_ext}")
+            _save_mask(m, base / "masks" / f"{case}{mask_ext}", bits=16)
+        else:
+            photo.save(base / "images" / f"{case}{image_ext}")
+            _save_mask(m, base / "masks" / f"{case}{mask_ext}", **({"quality": 90} if lossy else {}))
         rel.masks[case], rel.sizes[case] = m, (w, h)
     return rel
 
@@ -172,7 +185,8 @@ def make_tdd(root: Path, n: int = 10) -> SyntheticRelease:
 
 
 def make_nkut(root: Path, n: int = 10) -> SyntheticRelease:
-    return _make_folders("nkut", root, n, ".png", ".png", "RGB", lossy=False)
+    """PNG images and masks; case '2' is a 16-bit grey image with a 16-bit mask."""
+    return _make_folders("nkut", root, n, ".png", ".png", "RGB", lossy=False, sixteen_bit=True)
 
 
 MAKERS = {

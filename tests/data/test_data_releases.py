@@ -233,3 +233,28 @@ def test_prepare_data_cli_function_and_command(tmp_path, capsys):
                         "--output", str(cli_out), "--seed", "2"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(cli_out.read_text()) == dl
+
+
+def test_busi_rgba_mask_lesion_of_5_percent_gives_5_percent(tmp_path):
+    """An RGBA BUSI mask (opaque alpha): the alpha channel is not foreground, in training and verify-data."""
+    from monai.transforms import Compose
+
+    from medurwkv_net.data import LoadMaskd
+    from medurwkv_net.reliability.verify_data import verify_datalist
+
+    rel = make_release("busi", tmp_path / "b")
+    case = rel.release_root / "malignant" / "malignant (1)"
+    with Image.open(f"{case}.png") as im:
+        w, h = im.size
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., 3] = 255
+    flat = rgba.reshape(-1, 4)
+    n = round(0.05 * h * w)
+    flat[:n, :3] = 255
+    Image.fromarray(rgba, "RGBA").save(f"{case}_mask.png")
+    dl = build_datalist("busi", rel.dataset_dir)
+    entry = next(c for c in _all_cases(dl) if c["case"] == "malignant/malignant (1)")
+    lab = Compose([LoadMaskd("label", threshold=get_release("busi").label_threshold)])(dict(entry))["label"]
+    assert float(lab.float().mean()) == pytest.approx(n / (h * w)) and n / (h * w) == pytest.approx(0.05, abs=0.005)
+    rep = verify_datalist([entry], label_mode="mask", image_channels=3, convert_channels=True, eight_bit=True)
+    assert rep.ok and rep.cases[0].label_classes == [0, 1]
