@@ -138,14 +138,19 @@ Informatics 26(4), 2022.""",
         task="Binary segmentation of breast lesions in ultrasound images",
         source="Dataset of breast ultrasound images (BUSI), Al-Dhabyani et al. - "
                "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
-        counts="780 images: 437 benign, 210 malignant, 133 normal",
-        split="no official split: seeded 80/10/10 split stratified by class (benign / malignant / normal; "
+        counts="780 images: 437 benign, 210 malignant, 133 normal; by default the 647 benign + malignant cases "
+               "are used (the common benchmark setting), `--include_normal True` adds the 133 normal cases "
+               "(empty masks)",
+        split="no official split: seeded 80/10/10 split stratified by class (benign / malignant [/ normal]; "
               "seed `split_seed`, recorded in the datalist)",
         layout="""<dataset_dir>/
   Dataset_BUSI_with_GT/
     benign/benign (1).png  benign (1)_mask.png  [benign (1)_mask_1.png ...]
     malignant/ ...
-    normal/ ...                               (normal cases have empty masks)""",
+    normal/ ...                               (empty masks; read only with include_normal true)""",
+        layout_note="""Every `NAME_mask*.png` of a case is united into its label; a case with `NAME_mask_1.png` but no
+`NAME_mask.png` is refused with the file named. RGB and RGBA masks are read (alpha dropped).
+`include_normal` (config id, default false; prepare-data: `--include_normal True`) adds the normal cases.""",
         masks="PNG, 0 = background, 255 = lesion; a case with several masks (NAME_mask.png, NAME_mask_1.png, ...) "
               "is labelled with their union",
         licence="""BUSI was published by W. Al-Dhabyani, M. Gomaa, H. Khaled and A. Fahmy with the open-access article
@@ -236,10 +241,14 @@ def _common_ids(name: str) -> dict:
     }
     if name in FOLDER_LAYOUT:
         ids.update(image_subdir="images", mask_subdir="masks")
+    if name == "busi":
+        ids.update(include_normal=False)
     return ids
 
 
 def _reader_args(name: str) -> str:
+    if name == "busi":
+        return ", include_normal=@include_normal"
     return ", image_dir=@image_subdir, mask_dir=@mask_subdir" if name in FOLDER_LAYOUT else ""
 
 

@@ -41,18 +41,31 @@ __all__ = [
 ]
 
 
+def _reader_kwargs(dataset: str, image_dir=None, mask_dir=None, include_normal=None) -> dict:
+    """The reader options that were given, checked against the dataset they apply to."""
+    name = get_release(dataset).name
+    kwargs = {k: v for k, v in (("image_dir", image_dir), ("mask_dir", mask_dir)) if v is not None}
+    if kwargs and name not in ("tdd", "nkut"):
+        raise ValueError(f"image_dir/mask_dir apply to the images/ + masks/ layouts (tdd, nkut), not to '{dataset}'")
+    if include_normal is not None:
+        if name != "busi":
+            raise ValueError(f"include_normal applies to busi only, not to '{dataset}'")
+        if not isinstance(include_normal, bool):
+            raise ValueError(f"include_normal must be true or false, got {include_normal!r}")
+        kwargs["include_normal"] = include_normal
+    return kwargs
+
+
 def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
                      fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
-                     mask_dir: str | None = None) -> str:
+                     mask_dir: str | None = None, include_normal: bool | None = None) -> str:
     """Read the public release of ``dataset`` (one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut)
     unpacked under ``dataset_dir`` and write its datalist (official or seeded train/validation/test split)
     to ``output`` when missing or out of date; return the path. What the bundles' ``datalist_file``
     calls, so that training prepares the data on first use. ``image_dir``/``mask_dir`` name other
-    sub-folders for the images/ + masks/ layouts (tdd, nkut). Mask and image sizes are checked before
-    anything is written."""
-    kwargs = {k: v for k, v in (("image_dir", image_dir), ("mask_dir", mask_dir)) if v is not None}
-    if kwargs and get_release(dataset).name not in ("tdd", "nkut"):
-        raise ValueError(f"image_dir/mask_dir apply to the images/ + masks/ layouts (tdd, nkut), not to '{dataset}'")
+    sub-folders for the images/ + masks/ layouts (tdd, nkut); ``include_normal`` adds BUSI's normal cases.
+    Mask and image sizes are checked before anything is written."""
+    kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
     datalist = ensure_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
     counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
     logging.getLogger(__name__).info(
@@ -72,7 +85,7 @@ def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", 
 
 def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
                      fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
-                     mask_dir: str | None = None) -> str:
+                     mask_dir: str | None = None, include_normal: bool | None = None) -> str:
     """Write the datalist of a public dataset unpacked under DATASET_DIR, printing the split sizes.
 
     The split is the official one where the release has it, else seeded train/validation/test fractions.
@@ -85,12 +98,13 @@ def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.jso
         fractions: training, validation and test fractions of a seeded split.
         image_dir: another image sub-folder, for the images/ + masks/ layouts (tdd, nkut).
         mask_dir: another mask sub-folder, likewise.
+        include_normal: busi only: also the normal cases (default: benign + malignant).
 
     Returns:
         The path written.
     """
     path = prepare_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
-                            mask_dir=mask_dir)
+                            mask_dir=mask_dir, include_normal=include_normal)
     dl = json.loads(Path(path).read_text())
     counts = ", ".join(f"{k}: {len(dl[k])}" for k in ("training", "validation", "test"))
     print(f"{dl['name']} at '{dl['dataset_dir']}' ({dl['split']['method']} split, seed {dl['split']['seed']}): "

@@ -22,7 +22,8 @@ Layouts read (exactly as the archives unpack):
   and the metadata CSV are ignored) and ``ISIC-2017_{...}_Part1_GroundTruth/ISIC_*_segmentation.png``.
 - ``kvasir``: ``Kvasir-SEG/images/*.jpg`` and ``Kvasir-SEG/masks/*.jpg`` (same file names).
 - ``busi``: ``Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png`` with ``NAME_mask.png`` and
-  optionally ``NAME_mask_1.png``, ``NAME_mask_2.png``... (the label is their union).
+  optionally ``NAME_mask_1.png``, ``NAME_mask_2.png``... (the label is their union); benign + malignant
+  by default, the normal cases with ``include_normal=True``.
 - ``glas``: ``train_N.bmp`` + ``train_N_anno.bmp``, ``testA_N[_anno].bmp``, ``testB_N[_anno].bmp``
   (annotations hold gland instance ids; foreground is id > 0).
 - ``tdd`` (Tufts Dental Database) and ``nkut``: ``images/NAME.<ext>`` + ``masks/NAME.<ext>`` (same stem,
@@ -257,9 +258,11 @@ BUSI_CLASSES = ("benign", "malignant", "normal")
 _BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
 
 
-def read_busi(dataset_dir) -> Release:
+def read_busi(dataset_dir, include_normal: bool = False) -> Release:
     """BUSI: ``Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png`` with ``NAME_mask.png`` and
-    optional ``NAME_mask_K.png``; the label of a case is the list of its masks (to be united)."""
+    optional ``NAME_mask_1.png``, ``NAME_mask_2.png``...; the label of a case is the list of its masks
+    (to be united). ``include_normal``: also the normal cases (empty masks); the default, benign +
+    malignant (647 cases in the release), is the common benchmark setting."""
     root = _locate(
         dataset_dir, "busi",
         lambda p: any((p / c).is_dir() for c in BUSI_CLASSES) and p.name not in BUSI_CLASSES,
@@ -270,6 +273,9 @@ def read_busi(dataset_dir) -> Release:
     release = Release("busi", root, {})
     for cls in BUSI_CLASSES:
         folder = root / cls
+        if cls == "normal" and not include_normal:
+            release.notes.append("normal cases (empty masks) not used: include_normal is false")
+            continue
         if not folder.is_dir():
             release.notes.append(f"class folder '{folder}' is missing")
             warnings.warn(f"busi: class folder '{folder}' is missing")
@@ -285,16 +291,28 @@ def read_busi(dataset_dir) -> Release:
         no_image = sorted(set(masks) - set(images))
         if no_image:
             raise ValueError(f"busi: mask '{masks[no_image[0]][0][1]}' has no image "
-                             f"'{folder / (no_image[0] + '.png')}'")
+                             f"'{folder / (no_image[0] + '.png')}'; restore the image from the archive or remove "
+                             "the mask")
         no_mask = sorted(set(images) - set(masks))
         if no_mask:
             raise ValueError(f"busi: image '{images[no_mask[0]]}' has no mask "
-                             f"'{folder / (no_mask[0] + '_mask.png')}'")
+                             f"'{folder / (no_mask[0] + '_mask.png')}'; restore it from the archive")
+        for name in sorted(masks):
+            ks = sorted(k for k, _ in masks[name])
+            if 0 not in ks:
+                raise ValueError(
+                    f"busi: case '{cls}/{name}' has '{sorted(masks[name])[0][1]}' but no first mask "
+                    f"'{folder / (name + '_mask.png')}'; restore '{name}_mask.png' from the archive (a case's masks "
+                    f"are NAME_mask.png, NAME_mask_1.png, ... and are united)")
+            if len(set(ks)) != len(ks):
+                dup = [str(p) for k, p in sorted(masks[name]) if ks.count(k) > 1]
+                raise ValueError(f"busi: case '{cls}/{name}' has the same mask twice: {dup}; keep one of them")
         release.subsets[cls] = [
             _case(images[n], [p for _, p in sorted(masks[n])], f"{cls}/{n}", cls) for n in sorted(images)
         ]
     if not any(release.subsets.values()):
-        raise ValueError(f"busi: no cases found in the class folders of '{root}'")
+        raise ValueError(f"busi: no cases found in the class folders of '{root}'"
+                         + ("" if include_normal else " (normal cases are excluded: include_normal is false)"))
     return release
 
 

@@ -121,7 +121,11 @@ def make_kvasir(root: Path, n: int = 10) -> SyntheticRelease:
     return rel
 
 
-def make_busi(root: Path, per_class: int = 4) -> SyntheticRelease:
+def make_busi(root: Path, per_class: int = 4, include_normal: bool = False) -> SyntheticRelease:
+    """``Dataset_BUSI_with_GT/{benign,malignant,normal}/`` as the archive unpacks: names with spaces and
+    parentheses, 'benign (1)' with ``_mask_1``, 'benign (2)' with ``_mask_1`` and ``_mask_2`` (labels are
+    unions), an RGB and an RGBA mask, normal cases with empty masks. ``rel.masks`` holds the cases the
+    reader gives with ``include_normal`` (the normal folder is always written)."""
     base = Path(root) / "Dataset_BUSI_with_GT"
     rel = SyntheticRelease("busi", Path(root), base)
     for k, cls in enumerate(("benign", "malignant", "normal")):
@@ -131,12 +135,14 @@ def make_busi(root: Path, per_class: int = 4) -> SyntheticRelease:
             m = _blob(w, h, rng, empty=cls == "normal")
             _photo(m, rng, "L" if i % 2 else "RGB").save(base / cls / f"{name}.png")
             _save_mask(m, base / cls / f"{name}_mask.png", rgb=i == 2, rgba=cls == "malignant" and i == 1)
-            if cls == "benign" and i == 0:  # a second lesion in its own mask file: label = union
+            extra = {0: 1, 1: 2}.get(i, 0) if cls == "benign" else 0
+            for j in range(1, extra + 1):  # further lesions in their own mask files: label = union
                 m2 = np.zeros_like(m)
-                m2[1:6, 1:7] = True
-                _save_mask(m2, base / cls / f"{name}_mask_1.png")
+                m2[j:j + 4, 1:7] = True
+                _save_mask(m2, base / cls / f"{name}_mask_{j}.png")
                 m = m | m2
-            rel.masks[f"{cls}/{name}"], rel.sizes[f"{cls}/{name}"] = m, (w, h)
+            if cls != "normal" or include_normal:
+                rel.masks[f"{cls}/{name}"], rel.sizes[f"{cls}/{name}"] = m, (w, h)
     return rel
 
 

@@ -110,13 +110,39 @@ def test_busi_union_of_masks_and_stratified_split(tmp_path):
     rel = make_release("busi", tmp_path)
     dl = build_datalist("busi", rel.dataset_dir)
     by_case = {c["case"]: c for c in _all_cases(dl)}
-    two = by_case["benign/benign (1)"]["label"]
-    assert [Path(p).name for p in two] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
-    assert all(len(c["label"]) == 1 for k, c in by_case.items() if k != "benign/benign (1)")
-    for key in ("training", "validation", "test"):  # every class in every split
-        assert {c["subset"] for c in dl[key]} == {"benign", "malignant", "normal"}
+    assert sorted(by_case) == sorted(rel.masks)
+    assert [Path(p).name for p in by_case["benign/benign (1)"]["label"]] == ["benign (1)_mask.png",
+                                                                          "benign (1)_mask_1.png"]
+    assert [Path(p).name for p in by_case["benign/benign (2)"]["label"]] == [
+        "benign (2)_mask.png", "benign (2)_mask_1.png", "benign (2)_mask_2.png"]
+    assert all(len(c["label"]) == 1 for k, c in by_case.items() if k not in ("benign/benign (1)", "benign/benign (2)"))
+    for key in ("training", "validation", "test"):  # benign + malignant by default, each in every split
+        assert {c["subset"] for c in dl[key]} == {"benign", "malignant"}
     assert dl["split"] == {"seed": 0, "method": "seeded", "fractions": [0.8, 0.1, 0.1], "stratified_by": "subset"}
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [4, 2, 2]
+    assert any("include_normal" in n for n in dl["notes"])
+
+
+def test_busi_include_normal(tmp_path):
+    rel = make_release("busi", tmp_path, include_normal=True)
+    dl = build_datalist("busi", rel.dataset_dir, include_normal=True)
+    assert sorted(c["case"] for c in _all_cases(dl)) == sorted(rel.masks)
+    for key in ("training", "validation", "test"):
+        assert {c["subset"] for c in dl[key]} == {"benign", "malignant", "normal"}
     assert [len(dl[k]) for k in ("training", "validation", "test")] == [6, 3, 3]
+    out = prepare_data_cli("busi", str(rel.dataset_dir), output=str(tmp_path / "dl.json"), include_normal=True)
+    assert len(_all_cases(json.loads(Path(out).read_text()))) == 12
+    with pytest.raises(ValueError, match="include_normal applies to busi only"):
+        prepare_data_cli("kvasir", str(rel.dataset_dir), output=str(tmp_path / "x.json"), include_normal=True)
+
+
+def test_busi_extra_mask_without_first_mask_is_named(tmp_path):
+    rel = make_release("busi", tmp_path)
+    first = rel.release_root / "benign" / "benign (1)_mask.png"
+    first.unlink()
+    with pytest.raises(ValueError, match=r"case 'benign/benign \(1\)' has '.*benign \(1\)_mask_1\.png' but no "
+                                         r"first mask '.*benign \(1\)_mask\.png'; restore"):
+        build_datalist("busi", rel.dataset_dir)
 
 
 @pytest.mark.parametrize("dataset", ["kvasir", "busi", "glas", "isic2018"])
