@@ -113,16 +113,20 @@ contest", Medical Image Analysis 35 (2017) 489-502.""",
         source="Tufts Dental Database - http://tdd.ece.tufts.edu/ (access on request)",
         counts="1000 panoramic radiographs",
         split="no official split: seeded 80/10/10 split (seed `split_seed`, recorded in the datalist)",
-        layout="""<dataset_dir>/
-  images/NAME.<png|jpg|jpeg|bmp>       (radiographs)
-  masks/NAME.<png|jpg|jpeg|bmp>        (teeth masks, same file stem)""",
-        layout_note=("The Tufts archive itself keeps radiographs in Radiographs/ and teeth masks in "
-                     """Segmentation/teeth_mask/;
-read it as it is by adding to every command
-  --image_subdir Radiographs --mask_subdir Segmentation/teeth_mask
-(prepare-data: --image_dir Radiographs --mask_dir Segmentation/teeth_mask), or link the two folders
-as images/ and masks/."""),
-        masks="8-bit PNG or JPEG, 0 = background, 255 = teeth (automatic threshold: > 127, or > 0 for 0/1 masks)",
+        layout="""<dataset_dir>/                       (the folder the Tufts archives were unpacked into)
+  Radiographs/1.JPG  Radiographs/2.JPG ...     (upper-case .JPG, numbered with gaps;
+                                                Radiographs/Radiographs/ is found too)
+  Segmentation/teeth_mask/1.jpg ...            (teeth masks, 3-channel JPEG, same numbers)
+  Segmentation/maxillomandibular/ ...          (ignored)
+  Expert/ ...  Student/ ...                    (ignored)""",
+        layout_note=("""Extensions and folder names are matched in any case; empty teeth masks (edentulous patients) are
+valid and counted by prepare-data. A copy laid out as images/ + masks/ (same file stems) is read too;
+other folders: add to every command
+  --image_subdir X --mask_subdir Y
+(prepare-data: --image_dir X --mask_dir Y). When nothing is found, the error names these options and
+the folders with images that it did find."""),
+        masks="3-channel JPEG (or PNG), 0 = background, 255 = teeth (automatic threshold: > 127 in any colour "
+              "channel, or > 0 for 0/1 masks); edentulous cases have empty masks",
         licence="""The Tufts Dental Database is provided by Tufts University on request, under the user agreement
 presented on http://tdd.ece.tufts.edu/ (non-commercial research use). Read it before use.
 Cite: K. Panetta, R. Rajendran, A. Ramesh, S. Rao, S. Agaian, "Tufts Dental Database: A Multimodal
@@ -239,7 +243,9 @@ def _common_ids(name: str) -> dict:
         "split_seed": 0,
         "datalist_file": "$@bundle_root + '/datalist.json'",
     }
-    if name in FOLDER_LAYOUT:
+    if name == "tdd":  # null: the Tufts archive's Radiographs/ + Segmentation/teeth_mask/, or images/ + masks/
+        ids.update(image_subdir=None, mask_subdir=None)
+    elif name in FOLDER_LAYOUT:
         ids.update(image_subdir="images", mask_subdir="masks")
     if name == "busi":
         ids.update(include_normal=False)

@@ -15,7 +15,9 @@ from .releases import (
     RELEASES,
     Release,
     ReleaseSpec,
+    _ensure,
     build_datalist,
+    check_cases,
     check_pairs,
     ensure_datalist,
     get_release,
@@ -33,7 +35,7 @@ from .releases import (
 from .transforms import EnsureChannels, EnsureChannelsd, LoadMask, LoadMaskd, binarize_mask
 
 __all__ = [
-    "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_pairs",
+    "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",
     "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
     "read_kvasir", "read_nkut", "read_release", "read_tdd", "seeded_split", "write_datalist",
     "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "prepare_data_cli",
@@ -66,13 +68,23 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
     sub-folders for the images/ + masks/ layouts (tdd, nkut); ``include_normal`` adds BUSI's normal cases.
     Mask and image sizes are checked before anything is written."""
     kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
-    datalist = ensure_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
-    counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
-    logging.getLogger(__name__).info(
-        f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
-        f"{datalist['split']['seed']}): {counts} -> {Path(output).resolve()}"
-    )
+    datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
+    logging.getLogger(__name__).info(_describe(datalist, report, Path(output).resolve()))
     return str(Path(output).resolve())
+
+
+def _describe(datalist: dict, report: dict | None, path) -> str:
+    counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
+    text = (f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
+            f"{datalist['split']['seed']}): {counts} -> {path}")
+    if report is not None:
+        empty = [c for k in ("training", "validation", "test") for c in report[k]["empty_masks"]]
+        per = ", ".join(f"{k}: {len(report[k]['empty_masks'])}" for k in ("training", "validation", "test"))
+        text += (f"\nevery file decoded; cases with an empty mask (only background): {len(empty)} ({per})"
+                 + (f", e.g. {', '.join(repr(c) for c in empty[:5])}" if empty else ""))
+    for note in datalist.get("notes", []):
+        text += f"\nnote: {note}"
+    return text
 
 
 def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0, split: str = "test",
@@ -87,6 +99,9 @@ def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.jso
                      fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
                      mask_dir: str | None = None, include_normal: bool | None = None) -> str:
     """Write the datalist of a public dataset unpacked under DATASET_DIR, printing the split sizes.
+
+    Every image and mask is decoded (a truncated or corrupt file is named), mask sizes are compared with
+    their images, and cases with empty masks are counted.
 
     The split is the official one where the release has it, else seeded train/validation/test fractions.
 
@@ -103,10 +118,9 @@ def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.jso
     Returns:
         The path written.
     """
-    path = prepare_datalist(dataset, dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
-                            mask_dir=mask_dir, include_normal=include_normal)
-    dl = json.loads(Path(path).read_text())
-    counts = ", ".join(f"{k}: {len(dl[k])}" for k in ("training", "validation", "test"))
-    print(f"{dl['name']} at '{dl['dataset_dir']}' ({dl['split']['method']} split, seed {dl['split']['seed']}): "
-          f"{counts} -> {path}")
+    kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
+    datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, always_check=True,
+                               **kwargs)
+    path = str(Path(output).resolve())
+    print(_describe(datalist, report, path))
     return path

@@ -26,9 +26,11 @@ Layouts read (exactly as the archives unpack):
   by default, the normal cases with ``include_normal=True``.
 - ``glas``: ``train_N.bmp`` + ``train_N_anno.bmp``, ``testA_N[_anno].bmp``, ``testB_N[_anno].bmp``
   (annotations hold gland instance ids; foreground is id > 0).
-- ``tdd`` (Tufts Dental Database) and ``nkut``: ``images/NAME.<ext>`` + ``masks/NAME.<ext>`` (same stem,
-  any of png/jpg/jpeg/bmp). Other sub-folders can be named with ``image_dir`` / ``mask_dir``, e.g.
-  ``image_dir="Radiographs", mask_dir="Segmentation/teeth_mask"`` for the Tufts archive.
+- ``tdd`` (Tufts Dental Database): ``Radiographs/N.JPG`` + ``Segmentation/teeth_mask/N.jpg`` as the archives
+  unpack (doubled folders such as ``Radiographs/Radiographs/`` are entered; extensions and folder names in
+  any case), or ``images/`` + ``masks/``; empty teeth masks (edentulous cases) are valid.
+- ``nkut``: ``images/NAME.<ext>`` + ``masks/NAME.<ext>`` (same stem, any of png/jpg/jpeg/bmp).
+  Other sub-folders (tdd, nkut) can be named with ``image_dir`` / ``mask_dir``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "Release",
     "ReleaseSpec",
     "build_datalist",
+    "check_cases",
     "check_pairs",
     "ensure_datalist",
     "get_release",
@@ -110,8 +113,23 @@ def _listing(path: Path, limit: int = 12) -> str:
     return "[" + ", ".join(names[:limit]) + more + "]" if names else "nothing (empty folder)"
 
 
+def _image_folders(top: Path, max_depth: int = 3, limit: int = 8) -> str:
+    """The folders under ``top`` (up to ``max_depth`` levels) that hold image files, with their counts."""
+    found, level = [], [top]
+    for _ in range(max_depth + 1):
+        for p in level:
+            n = len(_images(p))
+            if n:
+                found.append(f"'{p.relative_to(top).as_posix() if p != top else '.'}/' ({n} images)")
+        level = [c for p in level for c in _subdirs(p)]
+    if not found:
+        return "no folder with images (png/jpg/jpeg/bmp) below it"
+    more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
+    return "folders with images: " + ", ".join(found[:limit]) + more
+
+
 def _locate(dataset_dir, dataset: str, is_root: Callable[[Path], bool], expected: str,
-            inner_names: Sequence[str] = (), max_depth: int = 2) -> Path:
+            inner_names: Sequence[str] = (), max_depth: int = 2, hint: str = "") -> Path:
     """Find the release root: ``dataset_dir`` itself, its parent when ``dataset_dir`` is one of the
     release's inner folders (``inner_names``), or a folder up to ``max_depth`` levels below it."""
     top = _check_dir(dataset_dir)
@@ -131,11 +149,48 @@ def _locate(dataset_dir, dataset: str, is_root: Callable[[Path], bool], expected
     raise ValueError(
         f"dataset_dir '{top}' holds no recognisable {dataset} release: expected {expected} "
         f"in it (or up to {max_depth} folder levels below it); it contains {_listing(top)}"
+        + (f"; {hint}" if hint else "")
     )
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except (PermissionError, FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """The sub-folder ``name`` of ``folder``, matched case-insensitively when the exact name is absent."""
+    exact = folder / name
+    if exact.is_dir():
+        return exact
+    low = name.lower()
+    matches = [p for p in _subdirs(folder) if p.name.lower() == low]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _undouble(folder: Path) -> Path:
+    """``X/X/`` (an archive unpacked into a folder of its own name) -> the inner ``X/``, when the outer
+    folder holds no image of its own."""
+    while not _images(folder):
+        inner = _child(folder, folder.name)
+        if inner is None:
+            break
+        folder = inner
+    return folder
+
+
+def _find_sub(root: Path, rel: str) -> Path | None:
+    """``root/rel`` (``rel`` may have several parts), every part matched case-insensitively and doubled
+    folders (``Radiographs/Radiographs/``) entered; None when a part is missing."""
+    here = root
+    for part in Path(rel).parts:
+        nxt = _child(here, part)
+        if nxt is None:
+            return None
+        here = _undouble(nxt)
+    return here
 
 
 def _case(image: Path, label, case: str, subset: str) -> dict:
@@ -225,32 +280,59 @@ def _stem_map(folder: Path, where: str) -> dict[str, Path]:
     return out
 
 
-def _read_image_mask_folders(dataset_dir, dataset: str, image_dir: str, mask_dir: str) -> Release:
-    def is_root(p: Path) -> bool:
-        return (p / image_dir).is_dir() and (p / mask_dir).is_dir()
+#: the Tufts Dental Database as its archives unpack, then the generic images/ + masks/ layout
+TDD_LAYOUTS = (("Radiographs", "Segmentation/teeth_mask"), ("images", "masks"))
+_SUBDIR_HINT = ("if the images and masks are in other sub-folders, name them: --image_subdir X --mask_subdir Y "
+                "(bundle configs) or --image_dir X --mask_dir Y (prepare-data)")
 
-    root = _locate(dataset_dir, dataset, is_root,
-                   f"the folders '{image_dir}/' (images) and '{mask_dir}/' (masks with the same file names)",
-                   inner_names=(image_dir, mask_dir))
-    in_dir, gt_dir = root / image_dir, root / mask_dir
+
+def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[str, str]]) -> Release:
+    """Images and masks with the same file stem in two sub-folders; the first of ``layouts`` found wins.
+    Folder names match case-insensitively and doubled folders (``X/X/``) are entered."""
+    def pair(p: Path):
+        for image_dir, mask_dir in layouts:
+            a, b = _find_sub(p, image_dir), _find_sub(p, mask_dir)
+            if a is not None and b is not None:
+                return a, b
+        return None
+
+    expected = " or ".join(f"the folders '{i}/' (images) and '{m}/' (masks with the same file names)"
+                           for i, m in layouts)
+    inner = tuple(dict.fromkeys(Path(x).parts[0] for lay in layouts for x in lay))
+    root = _locate(dataset_dir, dataset, lambda p: pair(p) is not None, expected, inner_names=inner,
+                   hint=_SUBDIR_HINT + f"; {_image_folders(_check_dir(dataset_dir))}")
+    in_dir, gt_dir = pair(root)
     images, masks = _stem_map(in_dir, dataset), _stem_map(gt_dir, dataset)
+    if not images:
+        raise ValueError(f"{dataset}: no images ({'/'.join(IMAGE_SUFFIXES)}, any case) in '{in_dir}'; "
+                         f"{_image_folders(root)}; {_SUBDIR_HINT}")
     pairs = _pair_by_name(images, masks, dataset, in_dir, gt_dir, "{case}.<png|jpg|jpeg|bmp>")
-    return Release(dataset, root, {"all": [_case(i, m, c, "all") for c, i, m in pairs]})
+    release = Release(dataset, root, {"all": [_case(i, m, c, "all") for c, i, m in pairs]})
+    for d in (in_dir, gt_dir):
+        if d.parent.name.lower() == d.name.lower():
+            release.notes.append(f"doubled folder read: '{d}'")
+    return release
 
 
 def read_kvasir(dataset_dir) -> Release:
     """Kvasir-SEG: ``Kvasir-SEG/images/*.jpg`` with JPEG masks of the same names in ``masks/``."""
-    return _read_image_mask_folders(dataset_dir, "kvasir", "images", "masks")
+    return _read_image_mask_folders(dataset_dir, "kvasir", [("images", "masks")])
 
 
-def read_tdd(dataset_dir, image_dir: str = "images", mask_dir: str = "masks") -> Release:
-    """Tufts Dental Database: ``images/`` + ``masks/`` by default (see the module docstring)."""
-    return _read_image_mask_folders(dataset_dir, "tdd", image_dir, mask_dir)
+def read_tdd(dataset_dir, image_dir: str | None = None, mask_dir: str | None = None) -> Release:
+    """Tufts Dental Database as its archives unpack: ``Radiographs/N.JPG`` + ``Segmentation/teeth_mask/N.jpg``
+    (``Segmentation/maxillomandibular/``, ``Expert/``, ``Student/`` are ignored), or ``images/`` + ``masks/``;
+    ``image_dir``/``mask_dir`` name other sub-folders. Empty masks (edentulous cases) are valid."""
+    if image_dir is None and mask_dir is None:
+        layouts = TDD_LAYOUTS
+    else:
+        layouts = [(image_dir or TDD_LAYOUTS[0][0], mask_dir or TDD_LAYOUTS[0][1])]
+    return _read_image_mask_folders(dataset_dir, "tdd", layouts)
 
 
 def read_nkut(dataset_dir, image_dir: str = "images", mask_dir: str = "masks") -> Release:
     """NKUT: ``images/`` + ``masks/`` by default (see the module docstring)."""
-    return _read_image_mask_folders(dataset_dir, "nkut", image_dir, mask_dir)
+    return _read_image_mask_folders(dataset_dir, "nkut", [(image_dir, mask_dir)])
 
 
 # ----------------------------------------------------------------------------- BUSI
@@ -357,7 +439,8 @@ RELEASES: dict[str, ReleaseSpec] = {
                             "ISIC2018_Task1-2_{Training,Validation,Test}_Input/ + ISIC2018_Task1_..._GroundTruth/"),
     "glas": ReleaseSpec("glas", "GlaS (Warwick QU)", read_glas, 0,
                         "train_N.bmp + train_N_anno.bmp, testA_*, testB_*"),
-    "tdd": ReleaseSpec("tdd", "Tufts Dental Database", read_tdd, None, "images/ + masks/"),
+    "tdd": ReleaseSpec("tdd", "Tufts Dental Database", read_tdd, None,
+                       "Radiographs/ + Segmentation/teeth_mask/ (or images/ + masks/)"),
     "busi": ReleaseSpec("busi", "BUSI", read_busi, None,
                         "Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png + NAME_mask[_K].png"),
     "kvasir": ReleaseSpec("kvasir", "Kvasir-SEG", read_kvasir, None, "Kvasir-SEG/images/ + Kvasir-SEG/masks/"),
@@ -464,38 +547,94 @@ def write_datalist(datalist: dict, output) -> Path:
     return atomic_write_json(output, datalist, indent=2)
 
 
-def check_pairs(datalist: dict) -> None:
-    """Check, from the file headers only, that every mask has the size of its image (all masks of a
-    case, for BUSI), so that a bad release fails before training with the files named."""
-    from PIL import Image
+def _decode(path: str):
+    """Decode one file completely (strictly: a truncated file is an error) -> (channel-first array, (W, H))."""
+    import numpy as np
+
+    from medurwkv_net.reliability.verify_data import read_array
+
+    arr, meta = read_array(path)
+    cdim = meta.get("original_channel_dim")
+    has_channel = isinstance(cdim, int) and not isinstance(cdim, bool)
+    arr = np.moveaxis(arr, cdim, 0) if has_channel else arr[None]
+    return arr, tuple(int(x) for x in arr.shape[1:])
+
+
+def check_cases(datalist: dict, max_problems: int = 10) -> dict:
+    """Decode every image and mask of every split, so that a bad release fails before training with the
+    files named: unreadable (truncated, corrupt) files, masks whose size differs from their image (all masks
+    of a case, for BUSI), masks refused by the label conversion. Returns ``{split: {"cases": n,
+    "empty_masks": [case ids]}}`` (empty masks are valid: BUSI normal, edentulous TDD cases).
+
+    Raises:
+        ValueError: listing up to ``max_problems`` problems, each with its split, case and file.
+    """
+    from medurwkv_net.data.transforms import mask_foreground
 
     name = datalist.get("dataset", "")
+    threshold = datalist.get("label_threshold")
+    problems: list[str] = []
+    report: dict = {}
     for key in SPLIT_KEYS:
-        for case in datalist.get(key, []):
-            with Image.open(case["image"]) as im:
-                size = im.size
+        cases = datalist.get(key, [])
+        report[key] = {"cases": len(cases), "empty_masks": []}
+        for case in cases:
+            where = f"{name} {key} case '{case['case']}'"
+            try:
+                _, size = _decode(case["image"])
+            except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
+                problems.append(f"{where}: image '{case['image']}' cannot be read (truncated or corrupt?): "
+                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                continue
+            fg_any = False
             for lab in case["label"] if isinstance(case["label"], list) else [case["label"]]:
-                with Image.open(lab) as m:
-                    if m.size != size:
-                        raise ValueError(
-                            f"{name} case '{case['case']}': mask '{lab}' is {m.size[0]}x{m.size[1]} (WxH) but "
-                            f"image '{case['image']}' is {size[0]}x{size[1]}"
-                        )
+                try:
+                    arr, msize = _decode(lab)
+                except Exception as e:
+                    problems.append(f"{where}: mask '{lab}' cannot be read (truncated or corrupt?): "
+                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                    break
+                if msize != size:
+                    problems.append(f"{where}: mask '{lab}' is {msize[0]}x{msize[1]} (WxH) but image "
+                                    f"'{case['image']}' is {size[0]}x{size[1]}")
+                    break
+                try:
+                    fg_any = fg_any or bool(mask_foreground(arr, threshold, source=lab).any())
+                except ValueError as e:
+                    problems.append(f"{where}: {e}")
+                    break
+            else:
+                if not fg_any:
+                    report[key]["empty_masks"].append(case["case"])
+    if problems:
+        more = f"\n... and {len(problems) - max_problems} more" if len(problems) > max_problems else ""
+        raise ValueError(f"{name}: {len(problems)} problem(s) in the release; replace the named files with "
+                         "intact copies from the archive (or remove those cases):\n"
+                         + "\n".join(problems[:max_problems]) + more)
+    return report
+
+
+check_pairs = check_cases  # the former name
+
+
+def _ensure(dataset: str, dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS,
+            always_check: bool = False, **reader_kwargs) -> tuple[dict, dict | None]:
+    datalist = build_datalist(dataset, dataset_dir, seed=seed, fractions=fractions, **reader_kwargs)
+    path = Path(datalist_file)
+    if path.is_file():
+        try:
+            if json.loads(path.read_text()) == datalist:
+                return datalist, (check_cases(datalist) if always_check else None)
+        except json.JSONDecodeError:
+            pass  # rewritten below
+    report = check_cases(datalist)
+    write_datalist(datalist, path)
+    return datalist, report
 
 
 def ensure_datalist(dataset: str, dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS,
                     **reader_kwargs) -> dict:
     """Build the datalist of the release under ``dataset_dir`` and return it, writing it to
     ``datalist_file`` when that file is missing or differs (idempotent: an up-to-date file is left
-    untouched). The cases are checked with :func:`check_pairs` whenever the file is (re)written."""
-    datalist = build_datalist(dataset, dataset_dir, seed=seed, fractions=fractions, **reader_kwargs)
-    path = Path(datalist_file)
-    if path.is_file():
-        try:
-            if json.loads(path.read_text()) == datalist:
-                return datalist
-        except json.JSONDecodeError:
-            pass  # rewritten below
-    check_pairs(datalist)
-    write_datalist(datalist, path)
-    return datalist
+    untouched). Every file is decoded and checked with :func:`check_cases` whenever the file is (re)written."""
+    return _ensure(dataset, dataset_dir, datalist_file, seed=seed, fractions=fractions, **reader_kwargs)[0]

@@ -103,13 +103,7 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
     shutil.copytree(REPO / "bundles" / f"medurwkv_{dataset}", bundle,
                     ignore=shutil.ignore_patterns("models", "eval", "datalist.json"))
     common = {"bundle_root": str(bundle), "dataset_dir": str(rel.dataset_dir), **FAST}
-    image_folder = rel.release_root / "images"
-    if dataset == "tdd":  # the Tufts archive's own folders, named through the bundle's overrides
-        (rel.release_root / "Segmentation").mkdir()
-        (rel.release_root / "images").rename(rel.release_root / "Radiographs")
-        (rel.release_root / "masks").rename(rel.release_root / "Segmentation" / "teeth_mask")
-        image_folder = rel.release_root / "Radiographs"
-        common.update(image_subdir="Radiographs", mask_subdir="Segmentation/teeth_mask")
+    image_folder = rel.release_root / "Radiographs"  # tdd: the Tufts archive's own folders, read by default
 
     _cli(bundle, "training", "--config_file", "configs/train.json", **common)
     assert (bundle / "models" / "model.pt").is_file()

@@ -185,9 +185,30 @@ def _make_folders(dataset: str, root: Path, n: int, image_ext: str, mask_ext: st
     return rel
 
 
-def make_tdd(root: Path, n: int = 10) -> SyntheticRelease:
-    """Grayscale radiographs (upper-case .JPG as in the Tufts archive) with JPEG masks."""
-    return _make_folders("tdd", root, n, ".JPG", ".jpg", "L", lossy=True)
+TDD_NUMBERS = [1, 2, 4, 5, 7, 8, 11, 12, 13, 16, 17, 19]  # the archive's numbering has gaps
+
+
+def make_tdd(root: Path, n: int = 10, doubled: bool = False, edentulous: int | None = 2) -> SyntheticRelease:
+    """The Tufts Dental Database as its archives unpack: ``Radiographs/N.JPG`` (grey, upper-case extension),
+    ``Segmentation/teeth_mask/N.jpg`` (3-channel JPEG masks, lower-case), ``Segmentation/maxillomandibular/``,
+    ``Expert/``, ``Student/``. ``doubled``: the radiographs in ``Radiographs/Radiographs/`` (an archive
+    unpacked into a folder of its own name). Case index ``edentulous`` has an empty teeth mask."""
+    base = Path(root)
+    img_dir = base / "Radiographs" / ("Radiographs" if doubled else "")
+    teeth, jaw = base / "Segmentation" / "teeth_mask", base / "Segmentation" / "maxillomandibular"
+    for d in (img_dir, teeth, jaw, base / "Expert", base / "Student"):
+        d.mkdir(parents=True, exist_ok=True)
+    (base / "Expert" / "expert.csv").write_text("Image,Description\n")
+    (base / "Student" / "student.csv").write_text("Image,Description\n")
+    rel = SyntheticRelease("tdd", base, base, lossy=True)
+    for i, w, h, rng in _cases(n, seed=3):
+        case = str(TDD_NUMBERS[i % len(TDD_NUMBERS)] + 20 * (i // len(TDD_NUMBERS)))
+        m = _blob(w, h, rng, empty=i == edentulous)
+        _photo(m, rng, "L").save(img_dir / f"{case}.JPG", format="JPEG", quality=95)
+        _save_mask(m, teeth / f"{case}.jpg", rgb=True, quality=90)
+        _save_mask(~m, jaw / f"{case}.jpg", rgb=True, quality=90)  # another label map: ignored
+        rel.masks[case], rel.sizes[case] = m, (w, h)
+    return rel
 
 
 def make_nkut(root: Path, n: int = 10) -> SyntheticRelease:

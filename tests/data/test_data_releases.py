@@ -221,16 +221,45 @@ def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
         check_pairs(build_datalist("busi", rel.dataset_dir))
 
 
-def test_tdd_custom_subfolders(tmp_path):
+def test_tdd_reads_the_tufts_archive_as_it_unpacks(tmp_path, capsys):
+    rel = make_release("tdd", tmp_path / "t", n=6)
+    dl = build_datalist("tdd", rel.dataset_dir)
+    cases = _all_cases(dl)
+    assert sorted(c["case"] for c in cases) == sorted(rel.masks)
+    assert all(c["image"].endswith(".JPG") and "/Radiographs/" in c["image"] for c in cases)
+    assert all("/Segmentation/teeth_mask/" in c["label"] for c in cases)
+    out = prepare_data_cli("tdd", str(rel.dataset_dir), output=str(tmp_path / "dl.json"))
+    assert Path(out).is_file()
+    text = capsys.readouterr().out
+    assert "cases with an empty mask (only background): 1" in text and "e.g. '4'" in text  # the edentulous case
+
+
+def test_tdd_doubled_folder_and_other_cases(tmp_path):
+    rel = make_release("tdd", tmp_path / "d", n=4, doubled=True)
+    dl = build_datalist("tdd", rel.dataset_dir)
+    assert all("/Radiographs/Radiographs/" in c["image"] for c in _all_cases(dl))
+    assert any("doubled folder" in n for n in dl["notes"])
+    # upper-case folder names and extensions of a re-packed copy
+    teeth = rel.release_root / "Segmentation" / "teeth_mask"
+    for f in teeth.iterdir():
+        f.rename(f.with_suffix(".JPG"))
+    teeth.rename(teeth.parent / "TEETH_MASK")
+    assert len(_all_cases(build_datalist("tdd", rel.dataset_dir))) == 4
+
+
+def test_tdd_custom_subfolders_and_the_error_naming_options_and_folders(tmp_path):
     rel = make_release("tdd", tmp_path / "t", n=5)
-    root = tmp_path / "tufts"
-    (root / "Segmentation").mkdir(parents=True)
-    shutil.move(str(rel.release_root / "images"), str(root / "Radiographs"))
-    shutil.move(str(rel.release_root / "masks"), str(root / "Segmentation" / "teeth_mask"))
-    dl = build_datalist("tdd", root, image_dir="Radiographs", mask_dir="Segmentation/teeth_mask")
-    assert len(_all_cases(dl)) == 5
-    with pytest.raises(ValueError, match="expected the folders 'images/'"):
+    root = tmp_path / "copy"
+    (root / "labels").mkdir(parents=True)
+    shutil.move(str(rel.release_root / "Radiographs"), str(root / "xrays"))
+    shutil.move(str(rel.release_root / "Segmentation" / "teeth_mask"), str(root / "labels" / "teeth"))
+    with pytest.raises(ValueError, match=r"no recognisable tdd release: expected the folders 'Radiographs/'.*"
+                                         r"--image_subdir X --mask_subdir Y \(bundle configs\) or --image_dir X "
+                                         r"--mask_dir Y \(prepare-data\); folders with images: 'xrays/' "
+                                         r"\(5 images\), 'labels/teeth/' \(5 images\)"):
         build_datalist("tdd", root)
+    dl = build_datalist("tdd", root, image_dir="xrays", mask_dir="labels/teeth")
+    assert len(_all_cases(dl)) == 5
 
 
 def test_ensure_datalist_is_idempotent_and_follows_dataset_dir(tmp_path):
