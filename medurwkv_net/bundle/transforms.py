@@ -40,7 +40,9 @@ original size in ``"resize"`` mode and, when ``output_dir`` is given, saves it w
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -343,13 +345,28 @@ def postprocessing(
     return Compose(chain)
 
 
+#: files in a folder of images that are not inputs: ISIC 2017 superpixel maps, ground-truth masks laid beside
+#: their images (``*_segmentation``, ``*_mask``, ``*_mask_1``, GlaS ``*_anno``)
+NOT_INPUT = re.compile(r"_(superpixels|segmentation|mask(_\d+)?|anno)$", re.IGNORECASE)
+
+
+def _stem(name: str, extensions: Sequence[str]) -> str:
+    low = name.lower()
+    for ext in sorted(extensions, key=len, reverse=True):
+        if low.endswith(ext.lower()):
+            return name[: len(name) - len(ext)]
+    return name
+
+
 def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOTO_EXTENSIONS,
                 missing_ok: bool = False) -> list[dict]:
     """``[{"image": path}, ...]`` for the image files directly in ``folder`` (sorted), for inference.
+    Files that are not inputs (:data:`NOT_INPUT`: ``*_superpixels.*``, ``*_segmentation.*``, ``*_mask*.*``,
+    ``*_anno.*``) are skipped, so that a release's own image folder can be passed as it is.
 
     Args:
         folder: the folder of input images (``input_dir`` of the bundles' inference.json).
-        extensions: file name endings taken as images.
+        extensions: file name endings taken as images (any case).
         missing_ok: return ``[]`` for a folder that does not exist, so that a workflow can be built and
             checked without data; the bundles' ``run`` calls this again without it, which refuses
             a missing or empty folder before the run starts.
@@ -361,7 +378,14 @@ def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOT
         if missing_ok:
             return []
         raise FileNotFoundError(f"input_dir '{folder}' is not a folder: pass --input_dir <folder of images>")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(tuple(extensions)) and not n.startswith("."))
+    exts = tuple(e.lower() for e in extensions)
+    files = sorted(n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith("."))
+    names = [n for n in files if not NOT_INPUT.search(_stem(n, exts))]
+    if len(names) < len(files):
+        logging.getLogger(__name__).info(
+            f"input_dir '{folder}': {len(files) - len(names)} file(s) that are not inputs skipped "
+            f"(superpixel maps, masks), e.g. {[n for n in files if n not in names][:3]}")
     if not names:
-        raise FileNotFoundError(f"input_dir '{folder}' holds no image with extension {list(extensions)}")
+        raise FileNotFoundError(f"input_dir '{folder}' holds no image with extension {list(extensions)}"
+                                + (f" (only superpixel maps or masks: {files[:3]})" if files else ""))
     return [{"image": os.path.join(folder, n)} for n in names]

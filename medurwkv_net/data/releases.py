@@ -201,6 +201,12 @@ def _case(image: Path, label, case: str, subset: str) -> dict:
 def _pair_by_name(images: dict[str, Path], masks: dict[str, Path], where: str, image_dir: Path,
                   mask_dir: Path, mask_pattern: str) -> list[tuple[str, Path, Path]]:
     """Match images and masks by case id; any image without mask or mask without image is an error."""
+    if not images:
+        raise ValueError(
+            f"{where}: no images ({'/'.join(IMAGE_SUFFIXES)}) in '{image_dir}'; it contains {_listing(image_dir)}"
+            + ("; a folder unpacked inside a folder of another name: point dataset_dir at the folder that holds "
+               f"'{image_dir.name}/' with the images directly inside it, or move them up"
+               if _subdirs(image_dir) else ""))
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask:
@@ -215,8 +221,6 @@ def _pair_by_name(images: dict[str, Path], masks: dict[str, Path], where: str, i
             f"{where}: {len(no_image)} mask(s) in '{mask_dir}' have no image in '{image_dir}', e.g. "
             f"'{masks[no_image[0]].name}'"
         )
-    if not images:
-        raise ValueError(f"{where}: no images ({'/'.join(IMAGE_SUFFIXES)}) in '{image_dir}'")
     return [(c, images[c], masks[c]) for c in sorted(images)]
 
 
@@ -231,17 +235,21 @@ def _read_isic(dataset_dir, dataset: str, subsets: dict[str, tuple[str, str]]) -
     inner = [n for pair in subsets.values() for n in pair]
     root = _locate(
         dataset_dir, dataset,
-        lambda p: (p / train_in).is_dir() and (p / train_gt).is_dir(),
+        lambda p: _find_sub(p, train_in) is not None and _find_sub(p, train_gt) is not None,
         f"the folders '{train_in}/' (ISIC_*.jpg) and '{train_gt}/' (ISIC_*_segmentation.png)",
         inner_names=inner,
     )
     release = Release(dataset, root, {})
     for subset, (in_name, gt_name) in subsets.items():
-        in_dir, gt_dir = root / in_name, root / gt_name
-        if not in_dir.is_dir() and not gt_dir.is_dir():
+        found_in, found_gt = _find_sub(root, in_name), _find_sub(root, gt_name)
+        in_dir, gt_dir = found_in or root / in_name, found_gt or root / gt_name
+        for d in (found_in, found_gt):
+            if d is not None and d.parent.name.lower() == d.name.lower():
+                release.notes.append(f"doubled folder read: '{d}'")
+        if found_in is None and found_gt is None:
             continue
-        if not (in_dir.is_dir() and gt_dir.is_dir()):
-            missing = gt_dir if in_dir.is_dir() else in_dir
+        if found_in is None or found_gt is None:
+            missing = gt_dir if found_in is not None else in_dir
             release.notes.append(f"{subset} subset skipped: '{missing}' is missing")
             warnings.warn(f"{dataset}: the {subset} subset is skipped because '{missing}' is missing")
             continue

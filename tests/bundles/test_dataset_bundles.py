@@ -103,7 +103,9 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
     shutil.copytree(REPO / "bundles" / f"medurwkv_{dataset}", bundle,
                     ignore=shutil.ignore_patterns("models", "eval", "datalist.json"))
     common = {"bundle_root": str(bundle), "dataset_dir": str(rel.dataset_dir), **FAST}
-    image_folder = rel.release_root / "Radiographs"  # tdd: the Tufts archive's own folders, read by default
+    # the releases' own image folders, passed to inference as they unpack
+    image_folder = {"tdd": rel.release_root / "Radiographs",  # grey .JPG radiographs
+                    "isic2017": rel.release_root / "ISIC-2017_Test_v2_Data"}.get(dataset)  # with superpixel maps
 
     _cli(bundle, "training", "--config_file", "configs/train.json", **common)
     assert (bundle / "models" / "model.pt").is_file()
@@ -138,10 +140,14 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
     _cli(bundle, "--config_file", "configs/inference.json", env=_no_hub(tmp_path), input_dir=str(inputs),
          **{k: v for k, v in offline.items() if k in ("bundle_root", "spatial_size", "device")})
     _check_predictions(bundle / "eval" / "predictions", sorted(str(p) for p in inputs.iterdir()))
-    if dataset == "tdd":  # the archive's own folder of grey .JPG radiographs
+    if image_folder is not None:
         _cli(bundle, "--config_file", "configs/inference.json", env=_no_hub(tmp_path), input_dir=str(image_folder),
              output_dir=str(tmp_path / "pred"), bundle_root=str(bundle), spatial_size=[32, 32])
-        _check_predictions(tmp_path / "pred", sorted(str(p) for p in image_folder.iterdir()))
+        inputs = sorted(str(p) for p in image_folder.iterdir() if p.suffix.lower() in (".jpg", ".png")
+                        and "_superpixels" not in p.name)
+        _check_predictions(tmp_path / "pred", inputs)
+        written = sorted(os.listdir(tmp_path / "pred"))
+        assert len(written) == len(inputs) and not any("superpixels" in n for n in written), written
 
 
 def _no_hub(tmp_path: Path) -> dict:

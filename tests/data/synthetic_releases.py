@@ -69,7 +69,7 @@ def _cases(n: int, seed: int):
         yield i, w, h, rng
 
 
-def _make_isic(root: Path, year: int, counts: dict[str, int]) -> SyntheticRelease:
+def _make_isic(root: Path, year: int, counts: dict[str, int], doubled: bool = False) -> SyntheticRelease:
     rel = SyntheticRelease(f"isic{year}", root, root)
     idx = 0
     for subset, n in counts.items():
@@ -79,6 +79,8 @@ def _make_isic(root: Path, year: int, counts: dict[str, int]) -> SyntheticReleas
         else:
             in_dir = root / f"ISIC-2017_{subset}_Data"
             gt_dir = root / f"ISIC-2017_{subset}_Part1_GroundTruth"
+            if doubled and subset == "Training":  # the zip unpacked into a folder of its own name
+                in_dir = in_dir / in_dir.name
         in_dir.mkdir(parents=True)
         gt_dir.mkdir(parents=True)
         (in_dir / "LICENSE.txt").write_text("CC-BY-NC")
@@ -102,8 +104,10 @@ def make_isic2018(root: Path, counts=None) -> SyntheticRelease:
     return _make_isic(Path(root), 2018, counts or {"Training": 4, "Validation": 2, "Test": 2})
 
 
-def make_isic2017(root: Path, counts=None) -> SyntheticRelease:
-    return _make_isic(Path(root), 2017, counts or {"Training": 4, "Validation": 2, "Test_v2": 2})
+def make_isic2017(root: Path, counts=None, doubled: bool = False) -> SyntheticRelease:
+    """ISIC 2017 Part 1 with ``*_superpixels.png`` beside the images and the metadata CSV; ``doubled``:
+    ``ISIC-2017_Training_Data/ISIC-2017_Training_Data/``."""
+    return _make_isic(Path(root), 2017, counts or {"Training": 4, "Validation": 2, "Test_v2": 2}, doubled)
 
 
 def make_kvasir(root: Path, n: int = 10) -> SyntheticRelease:

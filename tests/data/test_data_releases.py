@@ -313,3 +313,33 @@ def test_busi_rgba_mask_lesion_of_5_percent_gives_5_percent(tmp_path):
     assert float(lab.float().mean()) == pytest.approx(n / (h * w)) and n / (h * w) == pytest.approx(0.05, abs=0.005)
     rep = verify_datalist([entry], label_mode="mask", image_channels=3, convert_channels=True, eight_bit=True)
     assert rep.ok and rep.cases[0].label_classes == [0, 1]
+
+
+def test_isic2017_doubled_folder_found_and_other_nesting_named(tmp_path):
+    rel = make_release("isic2017", tmp_path / "a", doubled=True)
+    dl = build_datalist("isic2017", rel.dataset_dir)
+    assert len(dl["training"]) == 4
+    assert all("ISIC-2017_Training_Data/ISIC-2017_Training_Data/" in c["image"] for c in dl["training"])
+    assert any("doubled folder" in n for n in dl["notes"])
+    outer = rel.release_root / "ISIC-2017_Training_Data"
+    (outer / "ISIC-2017_Training_Data").rename(outer / "unzipped")
+    with pytest.raises(ValueError, match=r"isic2017 Training: no images .* in '.*ISIC-2017_Training_Data'; it "
+                                         r"contains \[unzipped/\]; a folder unpacked inside a folder of another "
+                                         r"name: point dataset_dir"):
+        build_datalist("isic2017", rel.dataset_dir)
+
+
+def test_inference_folder_listing_skips_superpixels_and_masks(tmp_path):
+    from medurwkv_net.bundle.transforms import list_images
+
+    rel = make_release("isic2017", tmp_path / "a")
+    folder = rel.release_root / "ISIC-2017_Training_Data"
+    (folder / "ISIC_0000000_segmentation.png").write_bytes(b"")
+    (folder / "ISIC_0000001_Mask_1.PNG").write_bytes(b"")
+    names = [Path(c["image"]).name for c in list_images(str(folder))]
+    assert names == [f"ISIC_{i:07d}.jpg" for i in range(4)]
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "x_superpixels.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"only superpixel maps or masks: \['x_superpixels\.png'\]"):
+        list_images(str(only))
