@@ -476,8 +476,18 @@ see the split sizes:
 python -m medurwkv_net prepare-data {name} <dataset_dir> --output datalist.json --seed 0
 ```
 
-Errors name the folder and what was expected in it (e.g. an image without its mask, a mask whose size
-differs from its image).
+prepare-data decodes every image and mask of every split (a truncated or corrupt file is named), checks
+that every mask has the size of its image, and counts the cases with empty masks. To check the data as
+the bundle reads it (channel conversion, mask binarisation) for the training, validation and test splits:
+
+```
+python -m medurwkv_net verify-data --config_file configs/train.json --dataset_dir <dataset_dir>
+```
+
+It prints a table (cases, errors and warnings per split), then every problem with its file. Errors of
+prepare-data, verify-data and `monai.bundle run` on bad data are one message naming the file or folder
+and what to do (e.g. an image without its mask, a mask whose size differs from its image);
+`MEDURWKV_DEBUG=1` shows the traceback.
 
 ## Preprocessing
 

@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+from medurwkv_net.reliability import errors as _errors
+
 from .releases import (
     DEFAULT_FRACTIONS,
     RELEASES,
@@ -33,6 +35,9 @@ from .releases import (
     write_datalist,
 )
 from .transforms import EnsureChannels, EnsureChannelsd, LoadMask, LoadMaskd, binarize_mask
+
+if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: a bad release is one message
+    _errors.install_data_error_hook()
 
 __all__ = [
     "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",
@@ -67,10 +72,20 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
     calls, so that training prepares the data on first use. ``image_dir``/``mask_dir`` name other
     sub-folders for the images/ + masks/ layouts (tdd, nkut); ``include_normal`` adds BUSI's normal cases.
     Mask and image sizes are checked before anything is written."""
-    kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
-    datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
+    try:
+        kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
+        datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
+    except (ValueError, OSError, KeyError) as e:
+        raise _as_dataset_error(e) from e
     logging.getLogger(__name__).info(_describe(datalist, report, Path(output).resolve()))
     return str(Path(output).resolve())
+
+
+def _as_dataset_error(e: BaseException) -> BaseException:
+    if isinstance(e, _errors.DATA_ERRORS):
+        return e
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return _errors.DatasetError(text)
 
 
 def _describe(datalist: dict, report: dict | None, path) -> str:
@@ -118,9 +133,12 @@ def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.jso
     Returns:
         The path written.
     """
-    kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
-    datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, always_check=True,
-                               **kwargs)
+    try:
+        kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
+        datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, always_check=True,
+                                   **kwargs)
+    except (ValueError, OSError, KeyError) as e:
+        raise _as_dataset_error(e) from e
     path = str(Path(output).resolve())
     print(_describe(datalist, report, path))
     return path

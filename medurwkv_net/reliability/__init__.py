@@ -17,7 +17,7 @@ _EXPORTS = {
     "divergence": ["NonFiniteLossGuard", "TrainingDivergedError"],
     "checkpoint": ["ResumableCheckpoint", "TrainingProgress", "capture_rng_state", "restore_rng_state",
                    "find_checkpoints", "load_checkpoint_file"],
-    "errors": ["AtomicWriteError", "CheckpointError", "CorruptWeightsError", "DataVerificationError",
+    "errors": ["AtomicWriteError", "CheckpointError", "CorruptWeightsError", "DataVerificationError", "DatasetError",
                "ReliabilityError", "UnsafeWeightsError", "WeightsIntegrityError"],
     "loading": ["SafeCheckpointLoader", "non_finite_entries"],
     "run_lock": ["RunLock", "RunLockedError"],

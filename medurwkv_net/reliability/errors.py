@@ -1,6 +1,9 @@
 """Exceptions raised by :mod:`medurwkv_net.reliability`; every message names the file/key at fault."""
 from __future__ import annotations
 
+import os
+import sys
+
 
 class ReliabilityError(RuntimeError):
     """Base class of the errors of this package."""
@@ -30,9 +33,53 @@ class DataVerificationError(ReliabilityError, ValueError):
         self.report = report
 
 
+class DatasetError(ReliabilityError, ValueError):
+    """A dataset release cannot be read or prepared (missing folder or mask, unreadable file, ...)."""
+
+
 class AtomicWriteError(ReliabilityError, OSError):
     """A file could not be written (full disk, size limit, I/O error); the previous file is unchanged."""
 
     def __init__(self, message: str, errno_code: int | None = None):
         super().__init__(message)
         self.errno = errno_code
+
+
+DATA_ERRORS = (DatasetError, DataVerificationError)
+
+
+def find_data_error(err: BaseException) -> BaseException | None:
+    """The first :data:`DATA_ERRORS` instance in the chain of ``err`` (causes and contexts), or None."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, DATA_ERRORS):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+def install_data_error_hook() -> None:
+    """Make an uncaught data error (a bad release, a failed verification) print one message, not a
+    traceback through the config machinery: ``error: <message naming the file and what to do>``.
+    ``MEDURWKV_DEBUG=1`` keeps the traceback. Other errors are left to the previous hook."""
+    if getattr(sys.excepthook, "_medurwkv_data_errors", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        data = find_data_error(exc)
+        if data is None or os.environ.get("MEDURWKV_DEBUG", "").strip() not in ("", "0"):
+            return previous(exc_type, exc, tb)
+        sys.stderr.write(f"error: {data}\n(set MEDURWKV_DEBUG=1 to see the traceback)\n")
+        sys.stderr.flush()
+
+    hook._medurwkv_data_errors = True
+    sys.excepthook = hook
+
+
+def running_monai_bundle() -> bool:
+    """True in a ``python -m monai.bundle ...`` (or ``torchrun -m monai.bundle``) process."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name in ("monai.bundle.__main__", "monai.bundle")

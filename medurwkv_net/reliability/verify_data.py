@@ -110,6 +110,19 @@ class VerificationReport:
                 out[f.check] = out.get(f.check, 0) + 1
         return out
 
+    def table(self) -> str:
+        """Cases, cases with errors and cases with warnings per split (the datalist key of each case)."""
+        rows: dict[str, list[int]] = {}
+        for c in self.cases:
+            row = rows.setdefault(c.case_id.rsplit("[", 1)[0], [0, 0, 0])
+            row[0] += 1
+            row[1] += bool(c.errors)
+            row[2] += bool(c.warnings)
+        width = max([5] + [len(k) for k in rows])
+        lines = [f"{'split':<{width}}  {'cases':>6}  {'errors':>6}  {'warnings':>8}"]
+        lines += [f"{k:<{width}}  {a:>6}  {b:>6}  {w:>8}" for k, (a, b, w) in rows.items()]
+        return "\n".join(lines)
+
     def summary(self, max_cases: int = 100) -> str:
         lines = [
             f"verify-data: {len(self.cases)} case(s), {len(self.failed)} with errors, "
@@ -239,6 +252,18 @@ def _from_memory(x: Any, has_channel_first: bool) -> _Loaded:
         arr = np.moveaxis(arr, 0, -1)
         return _Loaded(arr, int(arr.shape[-1]), tuple(arr.shape[:-1]), None, None)
     return _Loaded(arr, 1, tuple(arr.shape), None, None)
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (MONAI wraps a failing config expression in ``RuntimeError: Failed
+    to evaluate ...``; the user needs the error underneath)."""
+    seen = {id(e)}
+    while True:
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if nxt is None or id(nxt) in seen:
+            return e
+        seen.add(id(nxt))
+        e = nxt
 
 
 def _first_line(e: BaseException) -> str:
@@ -916,6 +941,23 @@ def _handler_settings(parser) -> dict:
     return {}
 
 
+def _datalist_splits(datalist_file: Any) -> dict[str, list]:
+    """The splits (training, validation, test, then any other list of cases) of a datalist file, paths
+    resolved as ``load_decathlon_datalist`` resolves them; ``{}`` when the file does not exist."""
+    from monai.data import load_decathlon_datalist
+
+    path = Path(str(datalist_file))
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataVerificationError(f"datalist '{path}' cannot be read as JSON: {_first_line(e)}") from None
+    keys = [k for k, v in raw.items() if isinstance(v, list) and v and all(isinstance(c, Mapping) for c in v)]
+    keys.sort(key=lambda k: (["training", "validation", "test"] + [k]).index(k))
+    return {k: load_decathlon_datalist(str(path), True, k) for k in keys}
+
+
 def verify_data_cli(
     config_file: str | Sequence[str],
     dataset_dir: str | None = None,
@@ -925,7 +967,7 @@ def verify_data_cli(
     allowed_channels: Sequence[int] | None = None,
     label_mode: str | None = None,
     label_threshold: float | None = None,
-    sections: str | Sequence[str] = ("train", "validate"),
+    sections: str | Sequence[str] | None = None,
     report_file: str | None = None,
     max_cases: int = 100,
     **override: Any,
@@ -933,8 +975,10 @@ def verify_data_cli(
     """Check every image/label pair that a bundle config reads (``verify-data --config_file configs/train.json``).
 
     Reads the bundle config with ``monai.bundle.ConfigParser`` (``--key value`` pairs override config
-    entries like ``monai.bundle run``), resolves ``<section>#dataset#data`` for each section and verifies
-    all sections together (so a case in both train and validate is reported). Settings, first found wins:
+    entries like ``monai.bundle run``), runs its ``prepare_data`` and verifies every split of its
+    ``datalist_file`` (training, validation and test) together, so that a case in two splits is reported;
+    configs without a datalist file (or with ``--sections``) are verified through ``<section>#dataset#data``.
+    Prints a table (cases, errors and warnings per split), then every problem with its file. Settings, first found wins:
     the command line; the ``VerifyDataHandler`` entry of ``train#handlers``; the config's ``label_mode``,
     ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels).
     Prints the per-case summary, optionally writes it as JSON, and exits with status 1 on any error.
@@ -948,7 +992,8 @@ def verify_data_cli(
         allowed_channels: image channel counts accepted as input (converted by the bundle).
         label_mode: how labels are read (the config's ``label_mode``).
         label_threshold: threshold of binary masks (the config's ``label_threshold``).
-        sections: config sections whose ``dataset#data`` is checked.
+        sections: config sections whose ``dataset#data`` is checked instead of the datalist file's splits
+            (default: the datalist file when the config has ``datalist_file``, else ``train,validate``).
         report_file: also write the per-case report as JSON here.
         max_cases: how many problem cases to print.
         **override: ``--key value`` pairs that override config entries.
@@ -973,7 +1018,9 @@ def verify_data_cli(
         try:
             parser.get_parsed_content("prepare_data")
         except Exception as e:
-            raise RuntimeError(f"preparing the data ('prepare_data' of {files}) failed: {_first_line(e)}") from e
+            root = root_cause(e)
+            raise DataVerificationError(f"preparing the data ('prepare_data' of {', '.join(files)}) failed: "
+                                        f"{str(root).strip() or type(root).__name__}") from None
     if "verify_data" in parser:
         parser["verify_data"] = False  # the datasets' own check would stop at the first failure; report all here
 
@@ -1000,20 +1047,28 @@ def verify_data_cli(
     if settings.get("label_mode") == "mask":
         settings.pop("channel_def", None)
 
-    if isinstance(sections, str):
-        sections = [s.strip() for s in sections.split(",") if s.strip()]
     lists: dict[str, Any] = {}
-    for sec in sections:
-        key = f"{sec}#dataset#data"
-        if key in parser:
-            try:
-                data = parser.get_parsed_content(key)
-            except Exception as e:
-                raise RuntimeError(f"cannot resolve '{key}' from {files}: {_first_line(e)}") from e
-            lists[sec] = data
+    if sections is None and "datalist_file" in parser:
+        lists = _datalist_splits(parser.get_parsed_content("datalist_file"))
     if not lists:
-        raise KeyError(f"none of {[f'{s}#dataset#data' for s in sections]} is defined in {files}")
+        if sections is None:
+            sections = ("train", "validate")
+        if isinstance(sections, str):
+            sections = [s.strip() for s in sections.split(",") if s.strip()]
+        for sec in sections:
+            key = f"{sec}#dataset#data"
+            if key in parser:
+                try:
+                    data = parser.get_parsed_content(key)
+                except Exception as e:
+                    root = root_cause(e)
+                    raise DataVerificationError(f"cannot resolve '{key}' from {', '.join(files)}: "
+                                                f"{str(root).strip() or type(root).__name__}") from None
+                lists[sec] = data
+        if not lists:
+            raise KeyError(f"none of {[f'{s}#dataset#data' for s in sections]} is defined in {files}")
     report = verify_datalist(lists, **settings)
+    print(report.table())
     print(report.summary(max_cases=max_cases))
     if report_file:
         atomic_write_json(report_file, report.to_dict(), indent=2)
