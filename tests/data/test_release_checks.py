@@ -3,6 +3,7 @@ message per failure (no traceback through the config machinery)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,17 @@ def test_errors_are_one_message_naming_the_file(tmp_path):
     last = r.stderr.strip().splitlines()
     assert last[-2].startswith("error: ") and f"no first mask '{missing}'" in last[-2], r.stderr[-3000:]
     assert not (bundle / "datalist.json").exists()
+
+
+def test_evaluation_datalist_check_names_a_truncated_test_jpeg(tmp_path):
+    """Evaluation reads the test split through verify_datalist_file (the bundles' verified_datalist): a test
+    image truncated after the datalist was written is refused with its file, before any dataset loads it."""
+    from medurwkv_net.reliability import DataVerificationError, verify_datalist_file
+
+    rel = make_release("kvasir", tmp_path / "rel", n=10)
+    out = prepare_data_cli("kvasir", str(rel.dataset_dir), output=str(tmp_path / "dl.json"))
+    test_jpeg = Path(json.loads(Path(out).read_text())["test"][0]["image"])
+    _truncate(test_jpeg)
+    with pytest.raises(DataVerificationError, match=rf"(?s)test\[0\].*image file '{test_jpeg}' cannot be read"):
+        verify_datalist_file(out, rel.dataset_dir, num_classes=2, spatial_dims=2, label_mode="mask",
+                             image_channels=3, convert_channels=True, eight_bit=True)
