@@ -294,7 +294,8 @@ _SUBDIR_HINT = ("if the images and masks are in other sub-folders, name them: --
                 "(bundle configs) or --image_dir X --mask_dir Y (prepare-data)")
 
 
-def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[str, str]]) -> Release:
+def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[str, str]],
+                             subdir_options: bool = True) -> Release:
     """Images and masks with the same file stem in two sub-folders; the first of ``layouts`` found wins.
     Folder names match case-insensitively and doubled folders (``X/X/``) are entered."""
     def pair(p: Path):
@@ -307,13 +308,14 @@ def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[
     expected = " or ".join(f"the folders '{i}/' (images) and '{m}/' (masks with the same file names)"
                            for i, m in layouts)
     inner = tuple(dict.fromkeys(Path(x).parts[0] for lay in layouts for x in lay))
+    folders = _image_folders(_check_dir(dataset_dir))
     root = _locate(dataset_dir, dataset, lambda p: pair(p) is not None, expected, inner_names=inner,
-                   hint=_SUBDIR_HINT + f"; {_image_folders(_check_dir(dataset_dir))}")
+                   hint=f"{_SUBDIR_HINT}; {folders}" if subdir_options else folders)
     in_dir, gt_dir = pair(root)
     images, masks = _stem_map(in_dir, dataset), _stem_map(gt_dir, dataset)
     if not images:
         raise ValueError(f"{dataset}: no images ({'/'.join(IMAGE_SUFFIXES)}, any case) in '{in_dir}'; "
-                         f"{_image_folders(root)}; {_SUBDIR_HINT}")
+                         f"{_image_folders(root)}" + (f"; {_SUBDIR_HINT}" if subdir_options else ""))
     pairs = _pair_by_name(images, masks, dataset, in_dir, gt_dir, "{case}.<png|jpg|jpeg|bmp>")
     release = Release(dataset, root, {"all": [_case(i, m, c, "all") for c, i, m in pairs]})
     for d in (in_dir, gt_dir):
@@ -324,7 +326,7 @@ def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[
 
 def read_kvasir(dataset_dir) -> Release:
     """Kvasir-SEG: ``Kvasir-SEG/images/*.jpg`` with JPEG masks of the same names in ``masks/``."""
-    return _read_image_mask_folders(dataset_dir, "kvasir", [("images", "masks")])
+    return _read_image_mask_folders(dataset_dir, "kvasir", [("images", "masks")], subdir_options=False)
 
 
 def read_tdd(dataset_dir, image_dir: str | None = None, mask_dir: str | None = None) -> Release:

@@ -181,6 +181,9 @@ def test_errors_name_what_was_expected_where(tmp_path):
     with pytest.raises(ValueError,
                        match=r"no recognisable kvasir release: expected the folders 'images/'.*readme\.txt"):
         build_datalist("kvasir", tmp_path / "empty")
+    with pytest.raises(ValueError) as err:
+        build_datalist("kvasir", tmp_path / "empty")
+    assert "image_subdir" not in str(err.value)  # kvasir has no such option
     with pytest.raises(ValueError, match="ISIC2018_Task1-2_Training_Input"):
         build_datalist("isic2018", tmp_path / "empty")
     with pytest.raises(KeyError, match="unknown dataset 'foo'; known: isic2017"):
