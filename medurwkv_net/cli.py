@@ -26,6 +26,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "convert-weights": ("medurwkv_net.pretrained", "convert_weights",
                         "convert a released VRWKV checkpoint to .safetensors"),
     "hub-prepare": ("medurwkv_net.hub", "prepare_bundle_repo", "turn a bundle folder into a Hugging Face Hub repo"),
+    "verify-metadata": ("medurwkv_net.bundle.metadata", "verify_metadata",
+                        "check a bundle's metadata.json against the shipped MONAI schema (offline)"),
 }
 
 

@@ -102,3 +102,27 @@ def hf_offline_cache(tmp_path, monkeypatch):
         return cache
 
     return fill
+
+
+
+@pytest.fixture
+def git_lfs(tmp_path, monkeypatch):
+    """``git lfs`` for ``hub-prepare``: the installed one, else a stand-in on PATH that answers ``git lfs version``
+    and ``git lfs install --local`` and records its calls (git then stores the files without the LFS filter).
+    Returns a function giving the recorded calls, or None with a real Git LFS."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0:
+        return None
+    bindir = tmp_path / "lfs_bin"
+    bindir.mkdir()
+    log = tmp_path / "lfs_calls.txt"
+    stub = bindir / "git-lfs"
+    stub.write_text(
+        f"#!{sys.executable}\nimport sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1:2] == ['version']:\n    print('git-lfs/stand-in')\n"
+    )
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return lambda: log.read_text().splitlines() if log.exists() else []

@@ -20,6 +20,8 @@ from medurwkv_net.ops import bi_wkv
 __all__ = [
     "q_shift",
     "resize_pos_embed",
+    "resize_grid_embed",
+    "shape_str",
     "PatchEmbed",
     "SpatialMix",
     "ChannelMix",
@@ -74,6 +76,12 @@ def q_shift(x: torch.Tensor, grid: List[int], shift_pixel: int = 1) -> torch.Ten
     return torch.cat(parts, dim=-1).reshape(b, t, c)
 
 
+def shape_str(x: torch.Tensor) -> str:
+    """``x``'s shape as ``(1, 3, 32, 32)`` for messages (usable in TorchScript, unlike ``tuple(x.shape)``)."""
+    dims = [str(int(s)) for s in x.shape]
+    return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+
+
 def resize_pos_embed(
     pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int], mode: str = "bicubic"
 ) -> torch.Tensor:
@@ -82,18 +90,25 @@ def resize_pos_embed(
     Uses ``align_corners=False`` like the official backbone; returns the input unchanged when the grids match.
     ``bicubic`` is 2D only; for a 3D grid use ``trilinear``.
     """
-    src = [int(s) for s in src_grid]
-    dst = [int(s) for s in dst_grid]
-    if pos_embed.ndim != 3 or pos_embed.shape[1] != math.prod(src):
+    return resize_grid_embed(pos_embed, [int(s) for s in src_grid], [int(s) for s in dst_grid], mode)
+
+
+def resize_grid_embed(pos_embed: torch.Tensor, src: List[int], dst: List[int], mode: str) -> torch.Tensor:
+    """:func:`resize_pos_embed` with the grids as lists of ints (the form TorchScript compiles)."""
+    n = 1
+    for s in src:
+        n *= s
+    if pos_embed.dim() != 3 or pos_embed.shape[1] != n:
         raise ValueError(
-            f"pos_embed of shape {tuple(pos_embed.shape)} does not match a grid of {src} "
-            f"(expected [1, {math.prod(src)}, C])."
+            f"pos_embed of shape {shape_str(pos_embed)} does not match a grid of {src} (expected [1, {n}, C])."
         )
     if src == dst:
         return pos_embed
     c = pos_embed.shape[-1]
-    grid = pos_embed.reshape([1] + src + [c]).movedim(-1, 1)
-    grid = F.interpolate(grid.float(), size=dst, mode=mode, align_corners=False).to(pos_embed.dtype)
+    nd = len(src)
+    grid = pos_embed.reshape([1] + src + [c]).permute([0, nd + 1] + list(range(1, nd + 1)))
+    align: Optional[bool] = None if mode in ("nearest", "area", "nearest-exact") else False
+    grid = F.interpolate(grid.float(), size=dst, mode=mode, align_corners=align).to(pos_embed.dtype)
     return grid.flatten(2).transpose(1, 2)
 
 
@@ -131,8 +146,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
         p = self.patch_size
         pads: List[int] = []
-        for s in reversed(x.shape[2:]):
-            pads += [0, (p - int(s) % p) % p]
+        for i in range(x.dim() - 1, 1, -1):  # last spatial axis first, as F.pad expects
+            pads += [0, (p - int(x.shape[i]) % p) % p]
         if sum(pads) > 0:
             x = F.pad(x, pads)
         return grid_to_tokens(self.projection(x))
@@ -156,7 +171,15 @@ class SpatialMix(nn.Module):
         num_layers: number of blocks in the stack (used only for initialisation).
         key_norm: LayerNorm on the WKV output before the receptance gate (VRWKV-L).
         shift_pixel: Q-Shift distance.
+
+    Scripted (``torch.jit.script``), the Bi-WKV op runs its plain-PyTorch form (:func:`bi_wkv` compiles to
+    :func:`~medurwkv_net.ops.bi_wkv_torch`), so the scripted model needs nothing but PyTorch to load and run.
+    With ``wkv_kernel = True`` set before scripting (see :func:`medurwkv_net.export.script_model`) the
+    scripted model calls the compiled operator ``torch.ops.medurwkv.bi_wkv_forward`` instead (faster; it
+    needs ``medurwkv_net`` imported and its kernel built wherever the scripted model is loaded).
     """
+
+    __constants__ = ["wkv_kernel"]
 
     def __init__(
         self, embed_dims: int, layer_id: int = 0, num_layers: int = 1, key_norm: bool = False, shift_pixel: int = 1
@@ -164,6 +187,7 @@ class SpatialMix(nn.Module):
         super().__init__()
         c = embed_dims
         self.shift_pixel = shift_pixel
+        self.wkv_kernel = False
         self.spatial_decay = nn.Parameter(torch.zeros(c))
         self.spatial_first = nn.Parameter(torch.zeros(c))
         self.spatial_mix_k = nn.Parameter(torch.ones(1, 1, c))
@@ -200,7 +224,18 @@ class SpatialMix(nn.Module):
         k = self.key(xk)
         v = self.value(xv)
         sr = torch.sigmoid(self.receptance(xr))
-        y = bi_wkv(self.spatial_decay / t, self.spatial_first / t, k, v)
+        w = self.spatial_decay / t
+        u = self.spatial_first / t
+        if self.wkv_kernel:  # a constant: the scripted graph holds one of the two calls
+            if torch.jit.is_scripting():
+                acc = torch.float64 if k.dtype == torch.float64 else torch.float32
+                y = torch.ops.medurwkv.bi_wkv_forward(
+                    w.to(acc).contiguous(), u.to(acc).contiguous(), k.contiguous(), v.contiguous()
+                )[0]
+            else:
+                y = bi_wkv(w, u, k, v)
+        else:
+            y = bi_wkv(w, u, k, v)
         y = self.key_norm(y.to(sr.dtype))
         return self.output(sr * y)
 
@@ -270,6 +305,10 @@ class VRWKVBlock(nn.Module):
         hidden_rate: channel-mix hidden width multiplier.
         use_ln0: apply ``ln0`` to the input; defaults to ``layer_id == 0``.
     """
+
+    # constants for TorchScript: the branches on them are resolved when scripting, so the modules and
+    # parameters that exist only with a switch on (``ln0``, ``gamma1``/``gamma2``) may be absent
+    __constants__ = ["use_ln0", "post_norm", "layer_scale"]
 
     def __init__(
         self,
@@ -381,5 +420,5 @@ class PatchMerge(nn.Module):
         y = x.reshape(shape)
         perm = [0] + [1 + 2 * i for i in range(nd)] + [2 + 2 * i for i in range(nd)] + [1 + 2 * nd]
         new_grid = [g // 2 for g in grid]
-        y = y.permute(perm).reshape(b, -1, (2**nd) * c)
+        y = y.permute(perm).reshape(b, -1, (1 << nd) * c)
         return self.reduction(self.norm(y)), new_grid

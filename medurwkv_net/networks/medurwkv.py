@@ -6,10 +6,9 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock
-from .vrwkv import VRWKV_VARIANTS, create_vrwkv
+from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock, shape_str
+from .vrwkv import VRWKV_VARIANTS, _checkpointed, create_vrwkv
 
 __all__ = ["MedURWKV", "check_finite_input"]
 
@@ -20,6 +19,13 @@ def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
     """Drop a tensor subclass such as MONAI's MetaTensor: its metadata tracking runs on every op of the
     network (slow) and fails inside the Bi-WKV op for batched inputs. The output is a plain tensor;
     MONAI's inferers and ``Invertd`` restore the metadata from the input."""
+    if torch.jit.is_scripting():  # a scripted model only ever sees plain tensors
+        return x
+    return _drop_subclass(x)
+
+
+@torch.jit.unused
+def _drop_subclass(x: torch.Tensor) -> torch.Tensor:
     if type(x) is not torch.Tensor and hasattr(x, "as_tensor"):
         return x.as_tensor()
     return x
@@ -84,6 +90,25 @@ class _Project(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
+
+
+class _BlockStack(nn.Sequential):
+    """VRWKV blocks run in order on one token grid; children are named ``0``, ``1``, ... (the parameter names
+    of a ``ModuleList``). ``use_checkpoint`` recomputes their activations in the backward pass."""
+
+    def __init__(self, blocks: List[nn.Module]) -> None:
+        super().__init__(*blocks)
+        self.use_checkpoint = False
+
+    def forward(self, x: torch.Tensor, grid: List[int]) -> torch.Tensor:  # type: ignore[override]
+        for blk in self:
+            if torch.jit.is_scripting():  # a scripted model runs inference: no gradient checkpointing
+                x = blk(x, grid)
+            elif self.use_checkpoint and self.training and x.requires_grad and not torch.jit.is_tracing():
+                x = _checkpointed(blk, x, grid)
+            else:
+                x = blk(x, grid)
+        return x
 
 
 class MedURWKV(nn.Module):
@@ -224,11 +249,13 @@ class MedURWKV(nn.Module):
         n_dec = bottleneck_depth + sum(decoder_depths)
         dpr = [float(v) for v in torch.linspace(0, drop_path_rate, max(n_dec, 1))]
 
-        def blocks(width: int, depth: int, start: int) -> nn.ModuleList:
-            return nn.ModuleList(
+        def blocks(width: int, depth: int, start: int) -> _BlockStack:
+            stack = _BlockStack(
                 [VRWKVBlock(width, layer_id=i, num_layers=depth, drop_path=dpr[start + i], use_ln0=False)
                  for i in range(depth)]
             )
+            stack.use_checkpoint = self.use_checkpoint
+            return stack
 
         self.bottleneck = blocks(d[3], bottleneck_depth, 0)
         self.bottleneck_norm = nn.LayerNorm(d[3])
@@ -266,30 +293,34 @@ class MedURWKV(nn.Module):
         """Recompute VRWKV block activations during backward (less memory, about 30% more compute)."""
         self.use_checkpoint = bool(enable)
         self.encoder.set_grad_checkpointing(enable)
+        for stack in (self.bottleneck, self.dec16, self.dec8, self.dec4):
+            stack.use_checkpoint = self.use_checkpoint
 
     # ------------------------------------------------------------------ forward
-    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor, grid: List[int]) -> torch.Tensor:
-        for blk in blocks:
-            if self.use_checkpoint and self.training and x.requires_grad and not torch.jit.is_tracing():
-                x = checkpoint(blk, x, grid, use_reentrant=False)
-            else:
-                x = blk(x, grid)
-        return x
-
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
                 f"MedURWKV expects input of shape [B, C, H, W] ({self.spatial_dims + 2} dims), "
-                f"got shape {tuple(x.shape)}."
+                f"got shape {shape_str(x)}."
             )
+        self._check_channels(x)
+
+    def _check_channels(self, x: torch.Tensor) -> None:
+        """The checks of the input the 2D and 3D models share (channels, empty sizes, optional finite check)."""
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"MedURWKV was built with in_channels={self.in_channels} but got {x.shape[1]} channels "
-                f"(input shape {tuple(x.shape)})."
+                f"(input shape {shape_str(x)})."
             )
         if min(x.shape[2:]) < 1:
-            raise ValueError(f"MedURWKV got an empty spatial size, input shape {tuple(x.shape)}.")
-        exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            raise ValueError(f"MedURWKV got an empty spatial size, input shape {shape_str(x)}.")
+        if torch.jit.is_scripting():  # the finite check reads values on the host: eager only
+            return
+        self._check_finite(x)
+
+    @torch.jit.unused
+    def _check_finite(self, x: torch.Tensor) -> None:
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if self.check_finite and not exporting and not torch.compiler.is_compiling():
             check_finite_input(x)
 
@@ -303,18 +334,18 @@ class MedURWKV(nn.Module):
         s16 = self.to_s16(feats[2])
         y, g = self.to_s32(feats[3], g16)
 
-        y = self.bottleneck_norm(self._blocks(self.bottleneck, y, g))
+        y = self.bottleneck_norm(self.bottleneck(y, g))
         y, g = self.up16(y, g)
-        y = self._blocks(self.dec16, self.fuse16([y, s16]), g)
+        y = self.dec16(self.fuse16([y, s16]), g)
         y, g = self.up8(y, g)
-        y = self._blocks(self.dec8, self.fuse8([y, s8]), g)
+        y = self.dec8(self.fuse8([y, s8]), g)
         y, g = self.up4(y, g)
         if self.input_skip:
             stem, _ = self.stem(x)
             y = self.fuse4([y, s4, stem])
         else:
             y = self.fuse4([y, s4])
-        y = self.dec_norm(self._blocks(self.dec4, y, g))
+        y = self.dec_norm(self.dec4(y, g))
         y, g = self.final_expand(y, g)
         y = y.reshape([b] + g + [-1])
         n = len(g)  # explicit permutations: ONNX export rejects the negative axes of movedim

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import grid_to_tokens
+from .blocks import grid_to_tokens, shape_str
 from .medurwkv import MedURWKV, _check_unet_args, _plain_tensor
 from .vrwkv import VRWKV, VRWKV_VARIANTS
 
@@ -160,6 +160,7 @@ class VRWKV3D(VRWKV):
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.pos_grid), embed_dims))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
+    @torch.jit.unused  # a variable-length tuple; scripted networks call forward_tokens
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Args:
             x: ``[B, in_channels, H, W, D]``.
@@ -168,7 +169,7 @@ class VRWKV3D(VRWKV):
             one ``[B, C, ceil(H/p0), ceil(W/p1), ceil(D/p2)]`` tensor per entry of ``out_indices``.
         """
         if x.ndim != 5:
-            raise ValueError(f"VRWKV3D expects a [B, C, H, W, D] input (5 dims), got shape {tuple(x.shape)}.")
+            raise ValueError(f"VRWKV3D expects a [B, C, H, W, D] input (5 dims), got shape {shape_str(x)}.")
         return super().forward(x)
 
 
@@ -281,8 +282,8 @@ class MedURWKV3D(MedURWKV):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5:
-            raise ValueError(f"MedURWKV3D expects input of shape [B, C, H, W, D] (5 dims), got shape {tuple(x.shape)}.")
-        super()._check_input(x)
+            raise ValueError(f"MedURWKV3D expects input of shape [B, C, H, W, D] (5 dims), got shape {shape_str(x)}.")
+        self._check_channels(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import PatchEmbed, VRWKVBlock, resize_pos_embed, tokens_to_grid
+from .blocks import PatchEmbed, VRWKVBlock, resize_grid_embed, shape_str, tokens_to_grid
 
 __all__ = ["VRWKV", "VRWKV_VARIANTS", "vrwkv_tiny", "vrwkv_small", "vrwkv_base", "create_vrwkv"]
 
@@ -27,6 +27,11 @@ def _as_tuple(value: Union[int, Sequence[int]], n: int, name: str) -> Tuple[int,
     if len(out) != n or any(v <= 0 for v in out):
         raise ValueError(f"{name} must be a positive int or a sequence of {n} positive ints, got {value!r}.")
     return out
+
+
+@torch.jit.unused
+def _checkpointed(layer: nn.Module, tokens: torch.Tensor, grid: List[int]) -> torch.Tensor:
+    return checkpoint(layer, tokens, grid, use_reentrant=False)
 
 
 class VRWKV(nn.Module):
@@ -162,13 +167,15 @@ class VRWKV(nn.Module):
     def forward_tokens(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[int]]:
         """Run the backbone; returns the token outputs ``[B, T, C]`` of ``out_indices`` and the token grid."""
         tokens, grid = self.patch_embed(x)
-        pos = resize_pos_embed(self.pos_embed, self.pos_grid, grid, self.interpolate_mode)
+        pos = resize_grid_embed(self.pos_embed, self.pos_grid, grid, self.interpolate_mode)
         tokens = self.drop_after_pos(tokens + pos.to(tokens.dtype))
         outs: List[torch.Tensor] = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if self.with_cp and self.training and tokens.requires_grad and not torch.jit.is_tracing():
-                tokens = checkpoint(layer, tokens, grid, use_reentrant=False)
+            if torch.jit.is_scripting():  # a scripted model runs inference: no gradient checkpointing
+                tokens = layer(tokens, grid)
+            elif self.with_cp and self.training and tokens.requires_grad and not torch.jit.is_tracing():
+                tokens = _checkpointed(layer, tokens, grid)
             else:
                 tokens = layer(tokens, grid)
             if i == last and self.final_norm:
@@ -177,6 +184,7 @@ class VRWKV(nn.Module):
                 outs.append(tokens)
         return outs, grid
 
+    @torch.jit.unused  # a variable-length tuple; scripted networks call forward_tokens
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Args:
             x: ``[B, in_channels, H, W]``.
@@ -186,10 +194,10 @@ class VRWKV(nn.Module):
         """
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"VRWKV expects a [B, C, H, W] input ({self.spatial_dims + 2} dims), got shape {tuple(x.shape)}."
+                f"VRWKV expects a [B, C, H, W] input ({self.spatial_dims + 2} dims), got shape {shape_str(x)}."
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"VRWKV expects {self.in_channels} input channels, got shape {tuple(x.shape)}.")
+            raise ValueError(f"VRWKV expects {self.in_channels} input channels, got shape {shape_str(x)}.")
         outs, grid = self.forward_tokens(x)
         return tuple(tokens_to_grid(o, grid) for o in outs)
 

@@ -6,11 +6,13 @@ from .weights import (
     adapt_input_conv,
     checkpoint_filter_fn,
     convert_weights,
+    git_blob_sha1,
     hub_sha256,
     load_checkpoint,
     load_vrwkv_weights,
     register_pretrained,
     resolve_source,
+    verify_hub_file,
 )
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "adapt_input_conv",
     "checkpoint_filter_fn",
     "convert_weights",
+    "git_blob_sha1",
     "hub_sha256",
     "load_checkpoint",
     "load_vrwkv_weights",
     "register_pretrained",
     "resolve_source",
+    "verify_hub_file",
 ]

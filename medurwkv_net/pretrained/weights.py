@@ -8,6 +8,10 @@ Sources accepted by :func:`load_vrwkv_weights` / :func:`convert_weights`:
 - a registry name (``vrwkv_t_in1k_224``, ``vrwkv_s_in1k_224``, ``vrwkv_b_in1k_224``, or the aliases
   ``tiny``/``small``/``base``), resolved to a file of the ``OpenGVLab/Vision-RWKV`` Hub repo.
 
+Every file fetched from the Hub is checked before it is read: against the registry's pinned ``sha256``
+when there is one, and always against the hash the Hub published for it (its ETag): the SHA-256 of a
+Git LFS file, the git blob SHA-1 of a file stored in git itself (:func:`verify_hub_file`).
+
 Input-channel rule (:func:`adapt_input_conv`): a 3-channel (RGB) patch embedding ``W`` is adapted to ``n != 3``
 input channels by giving every input channel the kernel ``(W_R + W_G + W_B) / n``. For ``n == 1`` this is the
 sum over RGB; for any ``n`` an image whose ``n`` channels all equal ``g`` gives exactly the features of the RGB
@@ -16,6 +20,7 @@ preferred.)
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -39,6 +44,8 @@ __all__ = [
     "convert_weights",
     "LoadReport",
     "hub_sha256",
+    "git_blob_sha1",
+    "verify_hub_file",
 ]
 
 
@@ -99,6 +106,55 @@ def hub_sha256(path: Union[str, os.PathLike]) -> Optional[str]:
     return None
 
 
+def git_blob_sha1(path: Union[str, os.PathLike]) -> str:
+    """The git blob id of a file: ``sha1(b"blob <size>\\0" + content)``, read in 1 MiB chunks.
+
+    It is the ETag the Hub publishes for a file stored in git itself (not in Git LFS).
+    """
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_hub_file(path: Union[str, os.PathLike], repo_id: str, filename: str, revision: Optional[str] = None) -> str:
+    """Check a file of the ``huggingface_hub`` cache against the hash the Hub published for it (its ETag).
+
+    The cache stores each file as ``blobs/<etag>``: the SHA-256 of the content for a Git LFS file, the git
+    blob SHA-1 (:func:`git_blob_sha1`) for a file stored in git itself. Both are checked here. Returns
+    ``"sha256"``, ``"git-sha1"`` or ``"none"`` (a file outside the cache's blob store: nothing to check
+    against).
+
+    Raises:
+        WeightsIntegrityError: the content does not have the published hash; the message names the repo,
+            the file, both hashes and what to do.
+    """
+    from ..reliability.errors import WeightsIntegrityError
+    from ..reliability.weights import file_sha256
+
+    real = Path(os.path.realpath(path))
+    if real.parent.name != "blobs":
+        return "none"
+    if re.fullmatch(r"[0-9a-f]{64}", real.name):
+        kind, actual = "sha256", file_sha256(real)
+    elif re.fullmatch(r"[0-9a-f]{40}", real.name):
+        kind, actual = "git-sha1", git_blob_sha1(real)
+    else:
+        return "none"
+    if actual != real.name:
+        what = "SHA-256" if kind == "sha256" else "git blob SHA-1"
+        raise WeightsIntegrityError(
+            f"Hub file {filename!r} of repo {repo_id!r} (revision {revision or 'default'}) failed its integrity "
+            f"check: the Hub published {what} {real.name} for it, the downloaded file ({real.stat().st_size} "
+            f"bytes, {real}) has {actual}. It is truncated or was tampered with and was not loaded. Delete "
+            f"{real} and download it again; if the check fails again, do not use this file: report it to the "
+            "repository owner, or load a copy you trust and pin its sha256 (register_pretrained / sha256=...)."
+        )
+    return kind
+
+
 def _parse_hf(source: str) -> Tuple[str, str, Optional[str]]:
     rest = source[len("hf://"):]
     revision: Optional[str] = None
@@ -118,12 +174,17 @@ def _hf_download(repo_id: str, filename: str, revision: Optional[str], cache_dir
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
+        path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
     except Exception as e:  # huggingface_hub raises many types (offline, 404, connection errors)
         raise FileNotFoundError(
             f"Could not get {filename!r} from Hugging Face repo {repo_id!r} (revision {revision or 'default'}): "
             f"{type(e).__name__}: {e}"
         ) from e
+    # a file stored in git (not LFS) is named by its git blob SHA-1: check it here; an LFS file's SHA-256
+    # is checked by the loader (load_checkpoint), together with a pinned hash
+    if hub_sha256(path) is None:
+        verify_hub_file(path, repo_id, filename, revision)
+    return path
 
 
 def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = None) -> Tuple[str, Optional[str]]:

@@ -436,6 +436,7 @@ class ResumableCheckpoint:
             else:
                 restore_data_rng(loader, data_rng, source=f"checkpoint '{path}'")
         self._restore_trainer(engine, ckpt["trainer"], path)
+        self._fit_schedules(engine, ckpt["trainer"], path)
         if self.metric_engine is not None and self.progress.best_metric is not None:
             state = self.metric_engine.state
             if hasattr(state, "best_metric"):  # MONAI workflows keep the key metric's best here
@@ -467,6 +468,53 @@ class ResumableCheckpoint:
                 f"checkpoint '{path}' is at epoch {epoch}, beyond this run's max_epochs={max_epochs}"
             )
         engine.load_state_dict({"iteration": iteration, "epoch_length": cur_len, "max_epochs": max_epochs})
+
+    def _fit_schedules(self, engine: Engine, saved: Mapping, path: Path) -> None:
+        """Stretch LR schedules whose length was the saved run's length to this run's ``max_epochs``.
+
+        A schedule over the whole run (e.g. ``PolynomialLR(total_iters=max_epochs)``) restored from a run of
+        ``N`` epochs ends at epoch ``N``: continued to ``M > N`` epochs it would train at its final rate (0 for
+        a polynomial decay) and change nothing. Its length (``total_iters`` / ``T_max``, in epochs or in
+        iterations) is set to this run's and the current rate recomputed from the closed form, i.e. the
+        schedule a run planned for ``M`` epochs has at this point. A schedule of another length is kept.
+        """
+        old_epochs, new_epochs = saved.get("max_epochs"), engine.state.max_epochs
+        if old_epochs is None or new_epochs is None or int(old_epochs) == int(new_epochs):
+            return
+        old_epochs, new_epochs = int(old_epochs), int(new_epochs)
+        old_len = saved.get("epoch_length") or engine.state.epoch_length
+        new_len = engine.state.epoch_length or old_len
+        lengths = {old_epochs: new_epochs}
+        if old_len and new_len:
+            lengths[old_epochs * int(old_len)] = new_epochs * int(new_len)
+        for name, obj in self.objects.items():
+            if not isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
+                continue
+            attr = next((a for a in ("total_iters", "T_max", "total_steps") if hasattr(obj, a)), None)
+            if attr is None or int(getattr(obj, attr)) not in lengths:
+                continue
+            old = int(getattr(obj, attr))
+            closed_form = getattr(obj, "_get_closed_form_lr", None)
+            if attr == "total_steps" or closed_form is None:
+                raise CheckpointError(
+                    f"checkpoint '{path}' was written by a run of max_epochs={old_epochs}; this run has "
+                    f"max_epochs={new_epochs}, but the LR scheduler '{name}' ({type(obj).__name__}, {attr}={old}) "
+                    "cannot be stretched to the new length. Resume with max_epochs="
+                    f"{old_epochs}, or start a new run (resume=False) that loads the model weights."
+                )
+            setattr(obj, attr, lengths[old])
+            lrs = closed_form()
+            for group, lr in zip(obj.optimizer.param_groups, lrs):
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(float(lr))
+                else:
+                    group["lr"] = float(lr)
+            obj._last_lr = [float(lr) for lr in lrs]
+            logger.warning(
+                f"checkpoint '{path}' was written by a run of max_epochs={old_epochs}, this run has "
+                f"max_epochs={new_epochs}: LR scheduler '{name}' ({type(obj).__name__}) stretched from "
+                f"{attr}={old} to {lengths[old]}; learning rate now {obj._last_lr}"
+            )
 
     # ------------------------------------------------------------------------------ housekeeping
     def _cleanup_temp_files(self) -> None:

@@ -89,7 +89,7 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub_server(tmp_path, monkeypatch):
+def hub_server(tmp_path, monkeypatch, git_lfs):
     """Prepare the demo bundle (with a model) as a Hub repo and serve it; yields (endpoint, handler class)."""
     src = tmp_path / "src_bundle"
     shutil.copytree(BUNDLE, src, ignore=shutil.ignore_patterns("models", "eval", "data", "runs"))

@@ -233,3 +233,41 @@ def test_checkpoint_of_another_model_is_refused_naming_file(tmp_path):
     ResumableCheckpoint(tmp_path, trainer, {"model": other}, resume=True)
     with pytest.raises(CheckpointError, match=r"checkpoint_8\.pt' does not fit the objects to resume"):
         trainer.run(loader, max_epochs=2)
+
+
+def _poly_run(tmp_path, max_epochs, resume, sched_factory=None):
+    model, opt, _, loader, trainer = make_run()
+    epoch_length = len(loader)
+    if sched_factory is None:
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max_epochs, power=0.9)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+    else:
+        sched = sched_factory(opt, max_epochs, epoch_length)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sched.step())
+    lrs = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
+    ResumableCheckpoint(tmp_path, trainer, {"model": model, "optimizer": opt, "lr_scheduler": sched}, resume=resume)
+    trainer.run(loader, max_epochs=max_epochs)
+    return model, sched, lrs
+
+
+def test_finished_run_extended_to_more_epochs_keeps_training(tmp_path, caplog):
+    model1, sched1, _ = _poly_run(tmp_path, 1, resume=False)
+    assert sched1.get_last_lr()[0] == 0.0  # the 1-epoch polynomial schedule ended at 0
+    before = {k: v.clone() for k, v in model1.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        model2, sched2, lrs = _poly_run(tmp_path, 2, resume=True)
+    assert "stretched from total_iters=1 to 2" in caplog.text
+    # epoch 2 trains at the rate a 2-epoch schedule has after one epoch: 1e-2 * (1 - 1/2) ** 0.9
+    assert len(lrs) == 8 and all(lr == pytest.approx(1e-2 * 0.5 ** 0.9) for lr in lrs)
+    assert sched2.total_iters == 2 and sched2.get_last_lr()[0] == 0.0
+    assert any(not torch.equal(before[k], v) for k, v in model2.state_dict().items())
+
+
+def test_extending_a_run_with_one_cycle_schedule_is_refused(tmp_path):
+    def one_cycle(opt, max_epochs, epoch_length):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=max_epochs * epoch_length)
+
+    _poly_run(tmp_path, 1, resume=False, sched_factory=one_cycle)
+    with pytest.raises(CheckpointError, match=r"max_epochs=1; this run has max_epochs=2.*'lr_scheduler' \(OneCycleLR"):
+        _poly_run(tmp_path, 2, resume=True, sched_factory=one_cycle)
