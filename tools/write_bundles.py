@@ -549,9 +549,12 @@ python -m monai.bundle run --config_file configs/inference.json --input_dir <fol
 torchrun --nproc_per_node=2 -m monai.bundle run """
           """--config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir <dataset_dir>
 # checks
-python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath schema.json
+python -m medurwkv_net verify-metadata configs/metadata.json
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json """
           """--config_file configs/inference.json
+# TorchScript (scripted: accepts any input size, loads without medurwkv_net)
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt """
+          """--meta_file configs/metadata.json --config_file configs/inference.json
 ```
 
 Useful overrides: `--split_seed N` (seeded splits), `--spatial_size "[320,320]"`, `--max_epochs`,
