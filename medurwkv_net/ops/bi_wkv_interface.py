@@ -172,8 +172,8 @@ def bi_wkv_kernel_forward(
 
     Returns:
         ``(y, yc, lse, c0)``: the output in the dtype of ``k``, and for the backward the centred output
-        ``y - c0``, ``log den`` (CUDA; empty on CPU) and the centring value ``c0`` (``[B, C]``, the mean of
-        ``v`` over the first 16 tokens).
+        ``y - c0`` (CPU; empty on CUDA, whose backward recomputes it), ``log den`` (empty: neither backward
+        reads it) and the centring value ``c0`` (``[B, C]``, the mean of ``v`` over the first 16 tokens).
     """
     from . import build
 
@@ -187,7 +187,7 @@ def _(w, u, k, v):
         return (torch.empty_like(k), torch.empty_like(k), k.new_empty((0,)),
                 k.new_empty((B, C), dtype=torch.float64))
     acc = _acc_dtype(k)
-    return (torch.empty_like(k), k.new_empty(k.shape, dtype=acc), k.new_empty(k.shape, dtype=acc),
+    return (torch.empty_like(k), k.new_empty((0,), dtype=acc), k.new_empty((0,), dtype=acc),
             k.new_empty((B, C), dtype=acc))
 
 
