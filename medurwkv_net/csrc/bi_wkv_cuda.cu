@@ -22,21 +22,25 @@
 // stores nothing but y.
 //
 // Bytes moved per element (float32), counted:
-//   forward : k, v read once (8) + y written (4) = 12; per tile and channel 2 directions x (aggregate +
-//             run) x 5 float64 written and about as many read (the walk back stops at the first published
-//             run: 1-2 tiles) = 160-240 B per 512 tokens < 0.5; c0: 16 tokens of v per (b, c) = 0.
-//             Total <= 12.5 bytes (target 16).
+//   forward : k, v read once (8) + y written (4) = 12. Hand-over per tile and channel (512 elements): 2
+//             directions x (aggregate + run) x 4 float64 written = 128 B = 0.25 B per element; read: per
+//             direction a run and the aggregates back to it (usually 1-2 tiles: 64-96 B) = about 0.3.
+//             c0: 16 tokens of v per (b, c), negligible. Total about 12.6 bytes (target 16; the walk back
+//             could read 30 tiles' aggregates per direction before reaching it).
 //   backward: k, v, dy read once (12) + dk, dv written (8) = 20; du, dw partials 2 x 4 B per chunk of 16
-//             = 0.5; two rounds of tile hand-over (5 and 7 float64 per sum) < 1. Total <= 21.5 bytes
-//             (target 32). dw, du are summed from the partials in a fixed order afterwards.
-// Shared memory per block (float32): forward 2 x 17 KiB (k, v) + 12 KiB (carries, then states) = 47 KiB;
-// backward 5 x 17 KiB (k, v, dy, y', lse) + 20 KiB = 107 KiB; two blocks fit an sm_90 SM.
+//             = 0.5; hand-over of two rounds (4 and 6 float64 per sum) about 0.6 written + 0.8 read.
+//             Total about 21.9 bytes (target 32). dw, du are summed from the partials afterwards, in a
+//             fixed order (deterministic).
+// Shared memory per block (float32): forward 2 x 17 KiB (k, v) + 6 KiB (carries, then states) = 40 KiB;
+// backward 5 x 17 KiB (k, v, dy, y', lse) + 10 KiB = 95 KiB; two blocks fit an sm_90 SM (float64: 80, 190).
 // When a tile does not fit the device (shared memory) or a row has more tiles than resident blocks, the
 // kernels fall back to three passes per direction-scan (chunk carries, one warp per (b, c) scanning them,
 // chunk outputs; 34 and about 85 bytes per element, the backward recomputing the forward's y' and lse).
 //
-// Registers (nvcc 13.0 -Xptxas -v, sm_90): see docs/DESIGN.md; every kernel fits two 256-thread blocks
-// per SM.
+// Registers (nvcc 13.0 -Xptxas -v, sm_90; float32, float16, bfloat16): fwd_tiles 104, bwd_tiles 128 (8-12
+// bytes of spill), fallback fwd_carries 70, scan_carries 60 / 80, fwd_output 122-123, bwd_carries 56,
+// bwd_output 128: two 256-thread blocks per SM. float64 (launch bounds of one block: its backward tile needs
+// 190 KiB of shared memory): fwd_tiles 188, bwd_tiles 250, fwd_output 206, bwd_output 230.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAException.h>
