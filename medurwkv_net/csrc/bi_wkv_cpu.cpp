@@ -18,7 +18,9 @@
 // float64 vector held in registers. Time is cut into blocks of kL steps and is the outer loop, so
 // the rows of a block stay in cache while every tile of the group walks them. A first pass keeps
 // the right-hand sums only at block boundaries; the pass that needs them per step rebuilds one
-// block at a time from its boundary into small buffers. Nothing of size T * C is allocated besides
+// block at a time from its boundary into small buffers. The forward hands its right key sums at
+// the boundaries to the backward ([B, nb, C] float64), which then skips its own first pass (one
+// exponential per element less). Nothing of size T * C is allocated besides
 // the outputs. Channels beyond the last full tile are copied into a zero-padded tile. Every
 // exponential is <= 1 thanks to the kmax scaling, and a tile's sums fit float64 whenever
 //   S = (T - 1) * max(0, -w) + (kmax - kmin) + |u| <= kSafe
@@ -284,7 +286,7 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
                                     const scalar_t* __restrict y, const scalar_t* __restrict gy,  // y: centred
                                     scalar_t* __restrict gk, scalar_t* __restrict gv, vec* __restrict gw,
                                     vec* __restrict gu, const Group& gr, vec* __restrict bnd,
-                                    BackwardState* __restrict st, vec* __restrict blk) {
+                                    BackwardState* __restrict st, vec* __restrict blk, bool have_bounds) {
   constexpr int kDeg = ExpDeg<scalar_t>::value;
   const int64_t T = gr.T, C = gr.C, n = gr.n, nb = num_blocks(T);
   vec* __restrict eb = blk;           // e_t
@@ -294,9 +296,10 @@ MEDURWKV_INLINE void backward_group(const scalar_t* __restrict k, const scalar_t
   vec* __restrict qb = blk + 4 * kL;
   const vec zero = splat(0.0);
   const Scans none{zero, zero, zero, zero, zero, zero};
-  // Pass 1 (right to left): right key sums at the last step of every block.
+  // Pass 1 (right to left): right key sums at the last step of every block (unless the forward's are in
+  // bnd already: the same sums, computed the same way).
   for (int64_t i = 0; i < n; ++i) st[i].s.sd = zero;
-  for (int64_t b = nb - 1; b >= 0; --b) {
+  for (int64_t b = have_bounds ? -1 : nb - 1; b >= 0; --b) {
     const int64_t t0 = b * kL, t1 = std::min(T, t0 + kL);
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* __restrict ki = k + i * kLanes;
@@ -419,28 +422,39 @@ void wide_backward(const T_* k, const T_* v, const T_* gy, T_* gk, T_* gv, doubl
 // scratch: vec_scratch(scratch_size(...)); valid: real channels (the rest is zero padding).
 // Return false when the tiles need the wide-range path (the caller then runs it).
 #define MEDURWKV_ENTRY(T_)                                                                        \
-  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, T_* yc, const double* w,        \
-                                   const double* u, const double* c0, int64_t valid, int64_t T,  \
-                                   int64_t C, int64_t n, void* scratch) {                        \
+  MEDURWKV_CLONES bool run_forward(const T_* k, const T_* v, T_* y, T_* yc, double* bounds,       \
+                                   int64_t bstride, const double* w, const double* u,            \
+                                   const double* c0, int64_t valid, int64_t T, int64_t C,        \
+                                   int64_t n, void* scratch) {                                    \
     vec* sc = static_cast<vec*>(scratch);                                                          \
     const Group gr{T, C, n, sc, sc + n, sc + 2 * n, sc + 3 * n};                                   \
     for (int64_t i = 0; i < n; ++i) gr.c0[i] = load(c0 + i * kLanes);                              \
     if (!prepare<T_>(k, w, u, valid, gr, sc + 4 * n)) return false;                               \
-    forward_group<T_>(k, v, y, yc, gr, sc + 8 * n + 5 * kL, sc + 4 * n, sc + 8 * n);               \
+    vec* bnd = sc + 8 * n + 5 * kL;                                                                \
+    forward_group<T_>(k, v, y, yc, gr, bnd, sc + 4 * n, sc + 8 * n);                               \
+    for (int64_t b = 0; b < num_blocks(T); ++b)                                                    \
+      for (int64_t c = 0; c < valid; ++c)                                                          \
+        bounds[b * bstride + c] = bnd[2 * (b * n + c / kLanes) + 1][c % kLanes];                   \
     return true;                                                                                   \
   }                                                                                                \
   MEDURWKV_CLONES bool run_backward(const T_* k, const T_* v, const T_* yc, const T_* gy, T_* gk,  \
-                                    T_* gv, double* gw, double* gu, const double* w,               \
-                                    const double* u, const double* c0, int64_t valid, int64_t T,  \
-                                    int64_t C, int64_t n, void* scratch) {                        \
+                                    T_* gv, double* gw, double* gu, const double* bounds,          \
+                                    int64_t bstride, const double* w, const double* u,            \
+                                    const double* c0, int64_t valid, int64_t T, int64_t C,        \
+                                    int64_t n, void* scratch) {                                   \
     vec* sc = static_cast<vec*>(scratch);                                                          \
     const Group gr{T, C, n, sc, sc + n, sc + 2 * n, sc + 3 * n};                                   \
     for (int64_t i = 0; i < n; ++i) gr.c0[i] = load(c0 + i * kLanes);                              \
     if (!prepare<T_>(k, w, u, valid, gr, sc + 4 * n)) return false;                               \
     vec* gwv = sc + 12 * n;                                                                        \
     vec* guv = sc + 13 * n;                                                                        \
-    backward_group<T_>(k, v, yc, gy, gk, gv, gwv, guv, gr, sc + 14 * n + 5 * kL,                   \
-                       reinterpret_cast<BackwardState*>(sc + 4 * n), sc + 14 * n);                 \
+    vec* bnd = sc + 14 * n + 5 * kL;                                                               \
+    if (bounds)                                                                                    \
+      for (int64_t b = 0; b < num_blocks(T); ++b)                                                  \
+        for (int64_t c = 0; c < n * kLanes; ++c)                                                   \
+          bnd[4 * (b * n + c / kLanes)][c % kLanes] = c < valid ? bounds[b * bstride + c] : 0.0;   \
+    backward_group<T_>(k, v, yc, gy, gk, gv, gwv, guv, gr, bnd,                                    \
+                       reinterpret_cast<BackwardState*>(sc + 4 * n), sc + 14 * n, bounds != nullptr); \
     for (int64_t c = 0; c < valid; ++c) {                                                          \
       gw[c] = gwv[c / kLanes][c % kLanes];                                                         \
       gu[c] = guv[c / kLanes][c % kLanes];                                                         \
@@ -509,8 +523,9 @@ void check_args(const torch::Tensor& w, const torch::Tensor& u, const torch::Ten
 
 }  // namespace
 
-// Returns (y, yc, lse, c0): y and the centred output yc = y - c0 in the dtype of k, lse empty (the CPU
-// backward does not need it), c0 = the centring value ([B, C], float64).
+// Returns (y, yc, bounds, c0): y and the centred output yc = y - c0 in the dtype of k, the right key sums
+// at the last step of every block of kL steps ([B, ceil(T / kL), C], float64, in the op's lse slot: the
+// backward starts from them instead of recomputing them), c0 = the centring value ([B, C], float64).
 std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v) {
   check_args(w, u, k, v);
   const Tiling tg = make_tiling(k);
@@ -520,6 +535,10 @@ std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torc
   auto c0 = v.narrow(1, 0, std::min<int64_t>(k.size(1), biwkv::kChunk)).mean(1, false, torch::kDouble).contiguous();
   auto y = torch::empty_like(k);
   auto yc = torch::empty_like(k);
+  const int64_t nb = num_blocks(tg.T);
+  // the right key sums at every block's last step ([B, nb, C]), for the backward (it skips a pass)
+  auto bounds = torch::empty({tg.B, nb, tg.C}, k.options().dtype(torch::kDouble));
+  double* bp = bounds.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "bi_wkv_cpu_forward", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
@@ -539,8 +558,8 @@ std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torc
           const int64_t n = std::min(tg.per_group, tg.full - g * tg.per_group);
           const int64_t off = b * tg.T * tg.C + c0i;
           const double* cb = cp + b * tg.C + c0i;
-          if (!run_forward(kp + off, vp + off, yp + off, ycp + off, wp + c0i, up + c0i, cb, n * kLanes, tg.T, tg.C, n,
-                           scratch.get()))
+          if (!run_forward(kp + off, vp + off, yp + off, ycp + off, bp + b * nb * tg.C + c0i, tg.C, wp + c0i, up + c0i,
+                           cb, n * kLanes, tg.T, tg.C, n, scratch.get()))
             wide_forward(kp + off, vp + off, yp + off, ycp + off, wp + c0i, up + c0i, cb, n * kLanes, tg.T, tg.C);
         } else {
           const int64_t c0i = tg.full * kLanes, n = tg.T * kLanes;
@@ -551,7 +570,8 @@ std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torc
           std::copy(wp + c0i, wp + tg.C, wpad);
           std::copy(up + c0i, up + tg.C, upad);
           std::copy(cp + b * tg.C + c0i, cp + (b + 1) * tg.C, cpad);
-          if (!run_forward(q, q + n, q + 2 * n, q + 3 * n, wpad, upad, cpad, tg.rem, tg.T, kLanes, 1, scratch.get()))
+          if (!run_forward(q, q + n, q + 2 * n, q + 3 * n, bp + b * nb * tg.C + c0i, tg.C, wpad, upad, cpad, tg.rem,
+                           tg.T, kLanes, 1, scratch.get()))
             wide_forward(q, q + n, q + 2 * n, q + 3 * n, wpad, upad, cpad, tg.rem, tg.T, kLanes);
           pad_out(q + 2 * n, tg, b, yp);
           pad_out(q + 3 * n, tg, b, ycp);
@@ -559,16 +579,21 @@ std::vector<torch::Tensor> bi_wkv_forward(torch::Tensor w, torch::Tensor u, torc
       }
     });
   });
-  return {y, yc, torch::empty({0}, k.options()), c0};
+  return {y, yc, bounds, c0};
 }
 
-// Returns (gw, gu, gk, gv); gw and gu in the dtype of w. yc and c0 come from bi_wkv_forward; lse is unused.
+// Returns (gw, gu, gk, gv); gw and gu in the dtype of w. yc, bounds (the lse slot) and c0 come from
+// bi_wkv_forward; bounds of any other shape are ignored (recomputed).
 std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, torch::Tensor k, torch::Tensor v,
                                            torch::Tensor yc, torch::Tensor lse, torch::Tensor c0, torch::Tensor gy) {
   check_args(w, u, k, v);
   TORCH_CHECK(yc.sizes() == k.sizes() && gy.sizes() == k.sizes(), "bi_wkv_cpu: yc, gy must match k");
   TORCH_CHECK(c0.dim() == 2 && c0.size(0) == k.size(0) && c0.size(1) == k.size(2), "bi_wkv_cpu: c0 must be [B, C]");
-  (void)lse;
+  const int64_t nb = num_blocks(k.size(1));
+  const bool have_bounds = lse.scalar_type() == torch::kDouble && lse.dim() == 3 && lse.size(0) == k.size(0) &&
+                           lse.size(1) == nb && lse.size(2) == k.size(2);
+  if (have_bounds) lse = lse.contiguous();
+  const double* bp = have_bounds ? lse.data_ptr<double>() : nullptr;
   yc = yc.to(k.scalar_type()).contiguous();
   gy = gy.to(k.scalar_type()).contiguous();
   c0 = c0.to(torch::kDouble).contiguous();
@@ -604,8 +629,9 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
           const double* cb = cp + b * tg.C + c0i;
           double* gwb = gwpp + b * tg.C + c0i;
           double* gub = gupp + b * tg.C + c0i;
-          if (!run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off, gwb, gub, wp + c0i, up + c0i,
-                            cb, n * kLanes, tg.T, tg.C, n, scratch.get()))
+          if (!run_backward(kp + off, vp + off, yp + off, gyp + off, gkp + off, gvp + off, gwb, gub,
+                            bp ? bp + b * nb * tg.C + c0i : nullptr, tg.C, wp + c0i, up + c0i, cb, n * kLanes, tg.T,
+                            tg.C, n, scratch.get()))
             wide_backward(kp + off, vp + off, gyp + off, gkp + off, gvp + off, gwb, gub, wp + c0i, up + c0i, cb,
                           n * kLanes, tg.T, tg.C);
         } else {
@@ -621,7 +647,8 @@ std::vector<torch::Tensor> bi_wkv_backward(torch::Tensor w, torch::Tensor u, tor
           std::copy(cp + b * tg.C + c0i, cp + (b + 1) * tg.C, cpad);
           double* gwb = gwpp + b * tg.C + c0i;
           double* gub = gupp + b * tg.C + c0i;
-          if (!run_backward(q, q + n, q + 2 * n, q + 3 * n, q + 4 * n, q + 5 * n, gwb, gub, wpad, upad, cpad, tg.rem,
+          if (!run_backward(q, q + n, q + 2 * n, q + 3 * n, q + 4 * n, q + 5 * n, gwb, gub,
+                            bp ? bp + b * nb * tg.C + c0i : nullptr, tg.C, wpad, upad, cpad, tg.rem,
                             tg.T, kLanes, 1, scratch.get()))
             wide_backward(q, q + n, q + 3 * n, q + 4 * n, q + 5 * n, gwb, gub, wpad, upad, cpad, tg.rem, tg.T, kLanes);
           pad_out(q + 4 * n, tg, b, gkp);

@@ -17,12 +17,15 @@
 //   du   = sum_i eu e_i g_i (v'_i - y'_i),   dw = -sum_i e_i (v'_i D0_i - D1_i),
 // with e_i = exp(k_i), eu = exp(u); each product e_i * exp(a) is an attention weight (<= 1).
 //
-// The T axis is cut into chunks of kChunk tokens, one GPU thread per (b, chunk, c):
+// The T axis is cut into chunks of kChunk tokens and the chunks into tiles of kWarp chunks (kTile tokens);
+// one GPU thread per (b, chunk, c):
 //   1. chunk_carry: the chunk's own left and right sums ("carries");
-//   2. one warp per (b, c) scans the carries over the chunks in float64 (Kogge-Stone over 32 lanes, then
-//      a running state across groups of 32 chunks): scan_combine, scan_exclusive, scan_next_run;
+//   2. the carries are scanned over the chunks in float64: within a tile by one warp (Kogge-Stone over its
+//      32 lanes, lane l = chunk l of the tile from the left, chunk 31 - l from the right), across tiles by a
+//      running state chained from tile to tile in a fixed order (scan_combine, scan_exclusive, scan_next_run);
 //   3. chunk output: the in-chunk recurrences started from the scanned states.
-// The host code (CPU kernel, tests) runs the same functions; host_scan emulates the warp lane by lane.
+// The host code (CPU kernel, tests) runs the same functions; host_scan emulates the warp lane by lane and
+// the chain tile by tile, with the kernels' chunk and tile sizes.
 #pragma once
 
 #include <cmath>
@@ -43,8 +46,19 @@
 
 namespace biwkv {
 
-constexpr int kChunk = 16;  // tokens per chunk (forward and backward)
-constexpr int kWarp = 32;   // lanes of the chunk scan
+using std::int64_t;
+
+constexpr int kChunk = 16;             // tokens per chunk (forward and backward)
+constexpr int kWarp = 32;              // lanes of the chunk scan = chunks per tile
+constexpr int kTile = kChunk * kWarp;  // tokens per tile
+
+// Chunk of lane `lane` in tile `tile`: the left scan (dir 0) runs over a tile's chunks upwards, the right
+// scan (dir 1) downwards; the chain over tiles likewise (tile_at).
+BIWKV_HD int64_t lane_chunk(int64_t tile, int lane, int dir) {
+  return tile * kWarp + (dir == 0 ? lane : kWarp - 1 - lane);
+}
+// The tile at place q of a direction's chain over n_tiles tiles.
+BIWKV_HD int64_t tile_at(int64_t q, int64_t n_tiles, int dir) { return dir == 0 ? q : n_tiles - 1 - q; }
 
 BIWKV_HD float ex(float x) { return expf(x); }
 BIWKV_HD double ex(double x) { return exp(x); }
@@ -132,6 +146,26 @@ struct LogSum {
   }
 
 
+  // Every field, unrounded (a tile's aggregate and chained state as the next tile reads them back).
+  static constexpr int kRaw = kSlots + 1;
+  template <typename P>
+  BIWKV_HD void save_raw(P* p) const {
+    p[0] = a;
+    p[1] = n;
+    for (int m = 0; m < M; ++m) p[2 + m] = s[m];
+    if (D)
+      for (int m = 0; m < M; ++m) p[2 + M + m] = d[m];
+  }
+  template <typename P>
+  BIWKV_HD static LogSum load_raw(const P* p) {
+    LogSum r;
+    r.a = p[0];
+    r.n = p[1];
+    for (int m = 0; m < M; ++m) r.s[m] = p[2 + m];
+    for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = D ? p[2 + M + m] : A(0);
+    return r;
+  }
+
   // Memory holds the values in the accumulation dtype P (the chunk scan computes in float64).
   template <typename P>
   BIWKV_HD void store(P* p, A lam) const {
@@ -179,8 +213,6 @@ BIWKV_HD LogSum<A, M, D> add(const LogSum<A, M, D>& x, const LogSum<A, M, D>& y,
   for (int m = 0; m < (D ? M : 1); ++m) r.d[m] = swap ? y.d[m] + e * x.d[m] : x.d[m] + e * y.d[m];
   return r;
 }
-
-using std::int64_t;
 
 // The centring value c0 of one (b, c): the mean of v over the first chunk (any value near the typical v
 // would do; the kernels take it from this one definition, computed once per call into a [B, C] tensor).
@@ -274,11 +306,12 @@ BIWKV_HD S scan_next_run(const S& last_inclusive, const S& run, A lam) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Phase 3, forward: y = y' + c0 (in the input dtype), y' and lse (accumulation dtype) per token.
+// Phase 3, forward: y = y' + c0 (in the input dtype), y' and lse (accumulation dtype) per token, each
+// written when its pointer is not null; outputs are `ostride` apart (inputs `stride`).
 // left: the state arriving at the chunk's first token; right: at its last token.
 template <typename A, typename T, typename Y>
 BIWKV_HD void fwd_chunk_output(const T* k, const T* v, int64_t stride, int len, A lam, A u, A c0,
-                               FwdSum<A> left, FwdSum<A> right, T* y, Y* yc, A* lse) {
+                               FwdSum<A> left, FwdSum<A> right, T* y, Y* yc, A* lse, int64_t ostride) {
   typename FwdSum<A>::Frozen rs[kChunk];
 BIWKV_UNROLL
   for (int j = kChunk - 1; j >= 0; --j) {
@@ -300,9 +333,9 @@ BIWKV_UNROLL
       const A num = l.value(0, -mx) + rs[j].value(0, -mx) + es * vv;
       const A den = l.value(1, -mx) + rs[j].value(1, -mx) + es;
       const A out = num / den;
-      y[j * stride] = static_cast<T>(out + c0);
-      yc[j * stride] = static_cast<Y>(out);
-      lse[j * stride] = mx + lg(den);
+      if (y) y[j * ostride] = static_cast<T>(out + c0);
+      if (yc) yc[j * ostride] = static_cast<Y>(out);
+      if (lse) lse[j * ostride] = mx + lg(den);
       const A x[2] = {vv, A(1)};
       left.push(lam, q, x);
     }
@@ -311,7 +344,8 @@ BIWKV_UNROLL
 
 // Phase 3, backward: dk, dv per token, this chunk's parts of du and dw. The chunk is done in kBwdParts
 // parts of kPart tokens, so that only kPart right sums are held at a time (registers): for each part, the
-// right sum is brought from the chunk's last token to the part's last one, then kept per token.
+// right sum is brought from the chunk's last token to the part's last one, then kept per token. gk, gv are
+// `ostride` apart (the inputs `stride`).
 constexpr int kBwdParts = 2;
 constexpr int kPart = kChunk / kBwdParts;
 static_assert(kChunk % kBwdParts == 0, "kChunk must be a multiple of kBwdParts");
@@ -319,7 +353,7 @@ static_assert(kChunk % kBwdParts == 0, "kChunk must be a multiple of kBwdParts")
 template <typename A, typename T>
 BIWKV_HD void bwd_chunk_output(const T* k, const T* v, const A* yc, const A* lse, const T* gy, int64_t stride,
                                int len, A lam, A u, A c0, BwdSum<A> left, BwdSum<A> right, T* gk, T* gv,
-                               A& du, A& dw) {
+                               int64_t ostride, A& du, A& dw) {
   du = 0;
   dw = 0;
 BIWKV_UNROLL
@@ -349,8 +383,8 @@ BIWKV_UNROLL
         const typename BwdSum<A>::Frozen& rj = rs[j - j0];
         const A dv = l.value(0, q) + rj.value(0, q) + es * g;
         const A dk = vv * dv - (l.value(1, q) + rj.value(1, q) + es * g * yy);
-        gv[j * stride] = static_cast<T>(dv);
-        gk[j * stride] = static_cast<T>(dk);
+        gv[j * ostride] = static_cast<T>(dv);
+        gk[j * ostride] = static_cast<T>(dk);
         du += es * g * (vv - yy);
         dw -= vv * (l.dist(0, q) + rj.dist(0, q)) - (l.dist(1, q) + rj.dist(1, q));
         const A x[2] = {g, g * yy};
@@ -365,25 +399,28 @@ BIWKV_UNROLL
 // the GPU grid does (used by the CPU kernel for extreme ranges and by the tests).
 #ifndef __CUDA_ARCH__
 // carry/state: chunk n's two sums (left, right) at p + n * step, S::kSlots values each; S is the scan's
-// (float64) type.
+// (float64) type. As the kernels: per tile, one warp's Kogge-Stone over its lanes (lane_chunk), then the
+// state chained over the tiles (tile_at); chunks past the end are empty sums.
 template <typename S, typename A>
 inline void host_scan(const A* carry, A* state, int64_t N, int64_t step, double lam) {
+  const int64_t n_tiles = (N + kWarp - 1) / kWarp;
   for (int dir = 0; dir < 2; ++dir) {
     S run = S::empty();
-    for (int64_t base = 0; base < N; base += kWarp) {
+    for (int64_t q = 0; q < n_tiles; ++q) {
+      const int64_t tile = tile_at(q, n_tiles, dir);
       S x[kWarp], prev[kWarp];
       for (int lane = 0; lane < kWarp; ++lane) {
-        const int64_t pos = base + lane, n = dir == 0 ? pos : N - 1 - pos;
-        x[lane] = pos < N ? S::load(carry + n * step + dir * S::kSlots) : S::empty();
+        const int64_t n = lane_chunk(tile, lane, dir);
+        x[lane] = n < N ? S::load(carry + n * step + dir * S::kSlots) : S::empty();
       }
       for (int off = 1; off < kWarp; off *= 2) {
         for (int lane = 0; lane < kWarp; ++lane) prev[lane] = x[lane];
         for (int lane = off; lane < kWarp; ++lane) x[lane] = scan_combine(prev[lane], prev[lane - off], off, lam);
       }
       for (int lane = 0; lane < kWarp; ++lane) {
-        const int64_t pos = base + lane, n = dir == 0 ? pos : N - 1 - pos;
+        const int64_t n = lane_chunk(tile, lane, dir);
         const S e = scan_exclusive(lane, x[lane > 0 ? lane - 1 : 0], run, lam);
-        if (pos < N) e.store(state + n * step + dir * S::kSlots, lam);
+        if (n < N) e.store(state + n * step + dir * S::kSlots, lam);
       }
       run = scan_next_run(x[kWarp - 1], run, lam);
     }
@@ -410,7 +447,7 @@ inline void host_forward(const T* k, const T* v, int64_t Tn, int64_t stride, A w
     const int len = static_cast<int>(Tn - n * kChunk < kChunk ? Tn - n * kChunk : kChunk);
     const int64_t o = n * kChunk * stride;
     fwd_chunk_output<A>(k + o, v + o, stride, len, lam, u, c0, S::load(&state[n * step]),
-                        S::load(&state[n * step + S::kSlots]), y + o, yc + o, lse + o);
+                        S::load(&state[n * step + S::kSlots]), y + o, yc + o, lse + o, stride);
   }
 }
 
@@ -436,7 +473,7 @@ inline void host_backward(const T* k, const T* v, const A* yc, const A* lse, con
     const int64_t o = n * kChunk * stride;
     A pu, pw;
     bwd_chunk_output<A>(k + o, v + o, yc + o, lse + o, gy + o, stride, len, lam, u, c0, S::load(&state[n * step]),
-                        S::load(&state[n * step + S::kSlots]), gk + o, gv + o, pu, pw);
+                        S::load(&state[n * step + S::kSlots]), gk + o, gv + o, stride, pu, pw);
     du += static_cast<double>(pu);
     dw += static_cast<double>(pw);
   }

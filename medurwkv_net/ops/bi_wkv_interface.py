@@ -171,9 +171,10 @@ def bi_wkv_kernel_forward(
         k, v: ``[B, T, C]`` contiguous.
 
     Returns:
-        ``(y, yc, lse, c0)``: the output in the dtype of ``k``, and for the backward the centred output
-        ``y - c0``, ``log den`` (CUDA; empty on CPU) and the centring value ``c0`` (``[B, C]``, the mean of
-        ``v`` over the first 16 tokens).
+        ``(y, yc, lse, c0)``: the output in the dtype of ``k``, and for the backward: on CPU the centred
+        output ``y - c0`` and in ``lse`` the right key sums at the end of every block of 64 tokens
+        (``[B, ceil(T / 64), C]``, float64); on CUDA both empty (its backward recomputes what it needs on its
+        tiles); the centring value ``c0`` (``[B, C]``, the mean of ``v`` over the first 16 tokens).
     """
     from . import build
 
@@ -184,10 +185,11 @@ def bi_wkv_kernel_forward(
 def _(w, u, k, v):
     B, _, C = k.shape
     if k.device.type == "cpu":
-        return (torch.empty_like(k), torch.empty_like(k), k.new_empty((0,)),
+        T = k.shape[1]
+        return (torch.empty_like(k), torch.empty_like(k), k.new_empty((B, (T + 63) // 64, C), dtype=torch.float64),
                 k.new_empty((B, C), dtype=torch.float64))
     acc = _acc_dtype(k)
-    return (torch.empty_like(k), k.new_empty(k.shape, dtype=acc), k.new_empty(k.shape, dtype=acc),
+    return (torch.empty_like(k), k.new_empty((0,), dtype=acc), k.new_empty((0,), dtype=acc),
             k.new_empty((B, C), dtype=acc))
 
 

@@ -1,5 +1,6 @@
 """The CUDA kernels' math, compiled for the CPU: ``csrc/bi_wkv_math.cuh`` (the functions the ``.cu`` kernels
-call, with their chunk size, the warp scan emulated lane by lane) against the float64 definition.
+call, with their chunk and tile sizes, the warp scan emulated lane by lane and the chain over tiles tile by
+tile) against the float64 definition.
 
 The harness is a small C++ program (``harness/cuda_math_harness.cpp``) built once per module with the host
 compiler; a build with a planted bug (two carry slots swapped, a distance term dropped) must fail the
@@ -16,7 +17,7 @@ from medurwkv_net.ops import bi_wkv_check as chk
 
 from .harness import cuda_math
 
-CHUNK = 16  # biwkv::kChunk; 32 chunks per warp-scan group = 512 tokens
+CHUNK = 16  # biwkv::kChunk; 32 chunks per warp scan = one tile of 512 tokens
 MUTATIONS = ("BIWKV_MUTATE_SWAP_SLOTS", "BIWKV_MUTATE_DROP_DISTANCE")
 
 
@@ -48,7 +49,8 @@ def harness_errors(exe, dtype, w, u, k, v, gy, work):
     return chk.errors(y, grads, y_ref, grads_ref, v, gy)
 
 
-@pytest.mark.parametrize("T", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 32 * CHUNK - 1, 32 * CHUNK, 32 * CHUNK + 1, 1100])
+@pytest.mark.parametrize("T", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 32 * CHUNK - 1, 32 * CHUNK, 32 * CHUNK + 1, 1100,
+                               3 * 32 * CHUNK + 5 * CHUNK + 3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_float64_at_chunk_boundaries(harness, tmp_path, T, dtype):
     errs = harness_errors(harness, dtype, *make_inputs(2, T, 3, seed=T), tmp_path)
@@ -114,7 +116,7 @@ def test_the_kernels_run_the_shared_math():
     for src in (cu, cpu):
         assert '#include "bi_wkv_math.cuh"' in src
     for fn in ("fwd_chunk_carry", "fwd_chunk_output", "bwd_chunk_carry", "bwd_chunk_output", "scan_combine",
-               "scan_exclusive", "scan_next_run"):
+               "scan_exclusive", "scan_next_run", "lane_chunk", "tile_at"):
         assert f"biwkv::{fn}" in cu, fn
     assert not re.search(r"\bexpf?\(|__expf", cu), "exponentials belong in bi_wkv_math.cuh"
     for fn in ("host_forward", "host_backward"):
