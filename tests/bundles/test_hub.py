@@ -22,6 +22,7 @@ from medurwkv_net.hub import prepare_bundle_repo
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "medurwkv_mni152_tissue"
 REPO_ID = "medurwkv/mni152_tissue"
+VERSION = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
 
 
 class _HubHandler(BaseHTTPRequestHandler):
@@ -104,7 +105,7 @@ def hub_server(tmp_path, monkeypatch, git_lfs):
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                          check=True).stdout.strip()
     handler = type("Handler", (_HubHandler,), {"root": repo, "repo_id": REPO_ID, "requests": [],
-                                               "refs": {"0.1.0": sha, "main": sha, sha: sha}})
+                                               "refs": {VERSION: sha, "main": sha, sha: sha}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -127,11 +128,11 @@ def test_prepare_bundle_repo_layout(hub_server):
     repo, _ = hub_server
     card = (repo / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: monai\n")
-    assert 'version: "0.1.0"' in card and '- "grey_matter"' in card
+    assert f'version: "{VERSION}"' in card and '- "grey_matter"' in card
     assert (repo / "configs" / "train.json").is_file() and (repo / "LICENSE").is_file()
     assert sorted(p.name for p in (repo / "models").iterdir()) == ["model.pt"]  # no resumable checkpoints
     tags = subprocess.run(["git", "-C", str(repo), "tag"], capture_output=True, text=True, check=True).stdout.split()
-    assert tags == ["0.1.0"]
+    assert tags == [VERSION]
 
 
 def test_prepare_bundle_repo_rejects_bad_input(tmp_path):
@@ -148,10 +149,10 @@ def test_download_from_hub_then_run_inference(hub_server, tmp_path):
 
     repo, handler = hub_server
     dest = tmp_path / "downloaded"
-    download(name="medurwkv_mni152_tissue", source="huggingface_hub", repo=REPO_ID, version="0.1.0",
+    download(name="medurwkv_mni152_tissue", source="huggingface_hub", repo=REPO_ID, version=VERSION,
              bundle_dir=str(dest))
     bundle = dest / "medurwkv_mni152_tissue"
-    assert any(r.startswith("GET /api/models/medurwkv/mni152_tissue/revision/0.1.0") for r in handler.requests)
+    assert any(r.startswith(f"GET /api/models/medurwkv/mni152_tissue/revision/{VERSION}") for r in handler.requests)
     assert (bundle / "configs" / "inference.json").read_bytes() == (repo / "configs" / "inference.json").read_bytes()
     assert (bundle / "models" / "model.pt").read_bytes() == (repo / "models" / "model.pt").read_bytes()
     # a revision the Hub does not have is an error, not a silent fallback
