@@ -150,7 +150,7 @@ def check_sanitizer(ctx: Context, tool: str) -> Result:
 def check_large_index(ctx: Context) -> Result:
     """B * T * C > 2^31 (float16): the last batch row equals the kernel on that row alone (bitwise, output and
     dk, dv) and float64 within the float16 tolerance. The ops are called without autograd (no copies):
-    about 25 bytes per element."""
+    at most about 25 bytes of device memory per element."""
     B, T, C = (3, 40, 5) if ctx.dry else (520, 4100, 1024)
     dt = torch.float32 if ctx.dry else torch.float16
     n = B * T * C
