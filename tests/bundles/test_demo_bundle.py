@@ -95,7 +95,8 @@ def test_bundle_file_set_and_metadata():
     for key in ("bundle_root", "dataset_dir", "ckpt_dir", "device", "network_def", "network", "initialize", "run"):
         assert key in train, key
     assert isinstance(train["train"]["handlers"], list)  # MONAI Label inserts into this list
-    assert all("initialize" not in str(v) and "prepare" not in str(v) for v in train["initialize"])
+    # data preparation is an explicit step of `initialize` (MONAI Label skips `initialize` and hands its datastore)
+    assert "$@prepare_data" in train["initialize"] and "prepare" not in str(train["datalist_file"])
     infer = json.loads((BUNDLE / "configs/inference.json").read_text())
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "evaluator"):
         assert key in infer, key
