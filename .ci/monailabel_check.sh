@@ -6,8 +6,9 @@
 #   .ci/monailabel_check.sh VENV [SOURCE_VENV]
 #
 # VENV: the environment to use; created when missing. If SOURCE_VENV (an environment that already has
-# torch 2.14.1, e.g. a CUDA build environment) is given, VENV starts as a copy of it, which avoids
-# reinstalling torch; otherwise torch 2.14.1 is installed from the package index. Run from anywhere.
+# torch 2.14.1, e.g. a CUDA build environment) is given, VENV reads SOURCE_VENV's packages through a .pth
+# file (nothing copied, torch not reinstalled; what VENV installs itself comes first on sys.path);
+# otherwise torch 2.14.1 is installed from the package index. Run from anywhere.
 set -euo pipefail
 VENV=${1:?usage: .ci/monailabel_check.sh VENV [SOURCE_VENV]}
 SOURCE_VENV=${2:-}
@@ -15,14 +16,15 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
     if [ -n "$SOURCE_VENV" ]; then
-        echo "::: copying $SOURCE_VENV to $VENV"
-        cp -a "$SOURCE_VENV" "$VENV"
-    else
-        python3 -m venv "$VENV"
+        base="$("$SOURCE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        own="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        echo "::: $VENV reads the packages of $SOURCE_VENV ($base)"
+        echo "$base" > "$own/_base_environment.pth"
     fi
 fi
-PY="$VENV/bin/python"   # always 'python -m pip': scripts of a copied venv point at the source venv
+PY="$VENV/bin/python"   # always 'python -m pip': VENV's own pip, whatever is on PATH
 if ! "$PY" -c "import monailabel, torchvision" 2>/dev/null; then
     echo "::: installing monailabel 0.8.5, monai 1.6.1, torch 2.14.1, torchvision 0.29.1 into $VENV"
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "monai==1.6.1" "monailabel==0.8.5"

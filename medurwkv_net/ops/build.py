@@ -205,11 +205,20 @@ def device_has_kernel_image(capability: Tuple[int, int], targets: Optional[Seque
     return False
 
 
+def _nvcc_threads(arch_flags: Sequence[str]) -> List[str]:
+    """nvcc ``--threads``: compile the targets of the one ``.cu`` file in parallel (one per core, at most one
+    per ``-gencode``; all cores when torch derives the targets itself)."""
+    cores = os.cpu_count() or 1
+    n = min(cores, len(arch_flags)) if arch_flags else cores
+    return ["--threads", str(max(1, n))]
+
+
 def _flags(cuda: bool) -> Dict[str, List[str]]:
     if cuda:
+        arch = cuda_arch_flags()
         return {
             "extra_cflags": ["-O3"],
-            "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + cuda_arch_flags(),
+            "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + arch + _nvcc_threads(arch),
             "extra_ldflags": [],
         }
     omp = [] if sys.platform == "darwin" else ["-fopenmp"]

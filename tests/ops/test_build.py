@@ -49,6 +49,16 @@ def test_default_cuda_targets_cover_turing_to_hopper_plus_ptx(monkeypatch):
     assert build.cuda_targets() is None and build.cuda_arch_flags() == []  # names: torch expands them
 
 
+def test_nvcc_compiles_the_targets_in_parallel(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 2)
+    flags = build._flags(cuda=True)["extra_cuda_cflags"]
+    assert flags[flags.index("--threads") + 1] == "2"
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 64)  # never more threads than -gencode targets
+    flags = build._flags(cuda=True)["extra_cuda_cflags"]
+    assert flags[flags.index("--threads") + 1] == str(len(build.cuda_arch_flags()))
+
+
 @pytest.mark.parametrize(
     "capability,targets,expected",
     [
