@@ -37,7 +37,7 @@ from .releases import (
 from .transforms import EnsureChannels, EnsureChannelsd, LoadMask, LoadMaskd, binarize_mask
 
 if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: a bad release is one message
-    _errors.install_data_error_hook()
+    _errors.install_error_hook()
 
 __all__ = [
     "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",

@@ -1,4 +1,5 @@
 """Released Vision-RWKV weights: registry, loading (local / hf:// / registry name) and conversion."""
+from ..reliability import errors as _errors
 from .weights import (
     PRETRAINED_CFGS,
     LoadReport,
@@ -30,3 +31,6 @@ __all__ = [
     "resolve_source",
     "verify_hub_file",
 ]
+
+if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: weights that cannot be had are one message
+    _errors.install_error_hook()

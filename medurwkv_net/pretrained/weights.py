@@ -170,16 +170,40 @@ def _parse_hf(source: str) -> Tuple[str, str, Optional[str]]:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision
 
 
+def _unavailable_message(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str],
+                         err: BaseException) -> str:
+    """Why a Hub file could not be had, where it was looked for, and the three ways on."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    cache = os.path.abspath(os.path.expanduser(str(cache_dir or constants.HF_HUB_CACHE)))
+    at = f" at revision {revision!r}" if revision else ""
+    if constants.HF_HUB_OFFLINE:
+        why = f"the Hub is not contacted (HF_HUB_OFFLINE is set) and the file is not in the cache folder {cache}"
+    elif isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        why = f"the Hub cannot be reached and the file is not in the cache folder {cache}"
+    else:
+        first = (str(err).strip().splitlines() or [""])[0]
+        why = f"{type(err).__name__}: {first}"
+    rev = f", revision={revision!r}" if revision else ""
+    return (
+        f"cannot get the pretrained weights '{filename}' from the Hugging Face repository '{repo_id}'{at}: {why}. "
+        f"To go on, either download the file once where the Hub is reachable, into the same cache (HF_HUB_CACHE): "
+        f"python -c \"from huggingface_hub import hf_hub_download; hf_hub_download('{repo_id}', '{filename}'{rev})\"; "
+        f"or use a local copy (.pth or .safetensors): `--pretrained /path/to/{filename}` for a bundle, "
+        f"pretrained='/path/to/{filename}' in Python; or train without ImageNet weights: `--pretrained False`."
+    )
+
+
 def _hf_download(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> str:
     from huggingface_hub import hf_hub_download
+
+    from ..reliability.errors import PretrainedUnavailableError
 
     try:
         path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
     except Exception as e:  # huggingface_hub raises many types (offline, 404, connection errors)
-        raise FileNotFoundError(
-            f"Could not get {filename!r} from Hugging Face repo {repo_id!r} (revision {revision or 'default'}): "
-            f"{type(e).__name__}: {e}"
-        ) from e
+        raise PretrainedUnavailableError(_unavailable_message(repo_id, filename, revision, cache_dir, e)) from e
     # a file stored in git (not LFS) is named by its git blob SHA-1: check it here; an LFS file's SHA-256
     # is checked by the loader (load_checkpoint), together with a pinned hash
     if hub_sha256(path) is None:
@@ -195,7 +219,9 @@ def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = N
 
     Raises:
         ValueError: malformed ``hf://`` source or unknown registry name.
-        FileNotFoundError: local file missing or download failure (message names the file).
+        FileNotFoundError: local file missing (message names the file); a download that fails raises its
+            subclass :class:`~medurwkv_net.reliability.errors.PretrainedUnavailableError` (repository, file,
+            cache folder searched and what to do).
     """
     src = os.fspath(source)
     if src.startswith("hf://"):

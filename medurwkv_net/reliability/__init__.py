@@ -18,7 +18,7 @@ _EXPORTS = {
     "checkpoint": ["ResumableCheckpoint", "TrainingProgress", "capture_rng_state", "restore_rng_state",
                    "find_checkpoints", "load_checkpoint_file"],
     "errors": ["AtomicWriteError", "CheckpointError", "CorruptWeightsError", "DataVerificationError", "DatasetError",
-               "ReliabilityError", "UnsafeWeightsError", "WeightsIntegrityError"],
+               "PretrainedUnavailableError", "ReliabilityError", "UnsafeWeightsError", "WeightsIntegrityError"],
     "loading": ["SafeCheckpointLoader", "non_finite_entries"],
     "run_lock": ["RunLock", "RunLockedError"],
     "inference": ["SafeSimpleInferer", "SafeSlidingWindowInferer", "sliding_window_predict", "validate_image"],

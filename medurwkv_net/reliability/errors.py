@@ -45,37 +45,49 @@ class AtomicWriteError(ReliabilityError, OSError):
         self.errno = errno_code
 
 
+class PretrainedUnavailableError(ReliabilityError, FileNotFoundError):
+    """Released weights cannot be fetched: the Hub is offline or unreachable and the file is not in the cache,
+    or the repository, file or revision does not exist. The message says where it looked and what to do."""
+
+
 DATA_ERRORS = (DatasetError, DataVerificationError)
+USER_ERRORS = DATA_ERRORS + (PretrainedUnavailableError,)
 
 
-def find_data_error(err: BaseException) -> BaseException | None:
-    """The first :data:`DATA_ERRORS` instance in the chain of ``err`` (causes and contexts), or None."""
+def find_user_error(err: BaseException, kinds: tuple = USER_ERRORS) -> BaseException | None:
+    """The first instance of ``kinds`` in the chain of ``err`` (causes and contexts), or None."""
     seen: set[int] = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
-        if isinstance(e, DATA_ERRORS):
+        if isinstance(e, kinds):
             return e
         seen.add(id(e))
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return None
 
 
-def install_data_error_hook() -> None:
-    """Make an uncaught data error (a bad release, a failed verification) print one message, not a
-    traceback through the config machinery: ``error: <message naming the file and what to do>``.
-    ``MEDURWKV_DEBUG=1`` keeps the traceback. Other errors are left to the previous hook."""
-    if getattr(sys.excepthook, "_medurwkv_data_errors", False):
+def find_data_error(err: BaseException) -> BaseException | None:
+    """The first :data:`DATA_ERRORS` instance in the chain of ``err`` (causes and contexts), or None."""
+    return find_user_error(err, DATA_ERRORS)
+
+
+def install_error_hook() -> None:
+    """Make an uncaught :data:`USER_ERRORS` error (a bad release, a failed verification, pretrained weights
+    that cannot be fetched) print one message, not a traceback through the config machinery:
+    ``error: <message naming the file and what to do>``. ``MEDURWKV_DEBUG=1`` keeps the traceback. Other
+    errors are left to the previous hook."""
+    if getattr(sys.excepthook, "_medurwkv_user_errors", False):
         return
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        data = find_data_error(exc)
-        if data is None or os.environ.get("MEDURWKV_DEBUG", "").strip() not in ("", "0"):
+        found = find_user_error(exc)
+        if found is None or os.environ.get("MEDURWKV_DEBUG", "").strip() not in ("", "0"):
             return previous(exc_type, exc, tb)
-        sys.stderr.write(f"error: {data}\n(set MEDURWKV_DEBUG=1 to see the traceback)\n")
+        sys.stderr.write(f"error: {found}\n(set MEDURWKV_DEBUG=1 to see the traceback)\n")
         sys.stderr.flush()
 
-    hook._medurwkv_data_errors = True
+    hook._medurwkv_user_errors = True
     sys.excepthook = hook
 
 
