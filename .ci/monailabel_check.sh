@@ -34,5 +34,6 @@ fi
     tensorboard matplotlib nibabel scipy
 "$PY" -c "import torch, monai, monailabel; print('torch', torch.__version__, 'monai', monai.__version__, 'monailabel', monailabel.__version__)"
 
-echo "::: MONAI Label BundleInferTask / BundleTrainTask on the demo bundle (CPU)"
-CUDA_VISIBLE_DEVICES="" "$PY" "$REPO/tests/integration/monailabel_check.py" --bundle "$REPO/bundles/medurwkv_mni152_tissue"
+echo "::: MONAI Label BundleInferTask / BundleTrainTask on the demo bundle (NIfTI) and Kvasir-SEG (PNG), CPU"
+CUDA_VISIBLE_DEVICES="" "$PY" "$REPO/tests/integration/monailabel_check.py" --bundle "$REPO/bundles/medurwkv_mni152_tissue" \
+    --photo-bundle "$REPO/bundles/medurwkv_kvasir"

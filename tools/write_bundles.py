@@ -396,7 +396,7 @@ def _inference_cfg(template: Path, name: str, d: dict) -> dict:
         {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
          "output_ext": ".png", "output_dtype": "$numpy.uint8", "writer": "PILWriter", "scale": 255,
          "resample": False, "separate_folder": False},
-    ]
+    ] + cfg["postprocessing"]["transforms"][-2:]  # the template's label for clients: [H, W] class indices, uint8
     return cfg
 
 
@@ -467,7 +467,7 @@ itself, or a folder one or two levels above it, works too). Expected layout:
 {layout}
 ```
 {layout_note}
-Reading a config prepares nothing. Training and evaluation run `prepare_data` first (in `initialize`):
+Reading a config prepares nothing. Training and evaluation run `prepare_data` when they read their data:
 it reads the release, checks that every mask has the size of its image, and writes `datalist.json` in the
 bundle folder (rewritten only when the release, the seed or the split changed). To prepare it by hand and
 see the split sizes:

@@ -18,7 +18,9 @@ copy the folder and change the ids at the top of each config and the transform l
 ``dataset_dir`` / ``datalist_file`` / ``prepare_data``
     where the data lives, the datalist path (a plain path: reading a config has no side effects), and the
     expression that writes the datalist (``training``, ``validation``, ``test``). ``prepare_data`` is
-    idempotent and runs in ``initialize`` of training and evaluation (the demo calls
+    idempotent; the datasets read by training and evaluation (``verified_datalist``) name
+    ``@prepare_data or @datalist_file``, so it runs when their data is read, not when a config is read
+    (``--prepare_data False`` for a datalist of one's own; the demo calls
     :func:`medurwkv_net.data.mni152.prepare`, the dataset bundles
     :func:`medurwkv_net.data.prepare_datalist`).
 ``in_channels`` / ``out_channels`` / ``class_names``
@@ -43,8 +45,8 @@ The ids every MONAI tool expects are kept: ``bundle_root``, ``ckpt_dir``, ``devi
 ``network_def``, ``network``, ``train#trainer`` (``#max_epochs``), ``train#dataset#data``,
 ``train#handlers``, ``validate#dataset#data``, ``initialize``, ``run`` in train.json;
 ``preprocessing``, ``postprocessing``, ``inferer``, ``evaluator`` in inference.json and evaluate.json.
-MONAI Label overrides ``train#dataset#data`` / ``validate#dataset#data`` with its datastore and skips
-``initialize`` (which prepares the bundle's own data, not needed there).
+MONAI Label overrides ``train#dataset#data`` / ``validate#dataset#data`` with its datastore: nothing then
+names ``prepare_data``, and the bundle's own data is neither prepared nor needed.
 """
 from .distributed import handlers_for_this_rank, init_distributed
 from .handlers import (

@@ -95,8 +95,10 @@ def test_bundle_file_set_and_metadata():
     for key in ("bundle_root", "dataset_dir", "ckpt_dir", "device", "network_def", "network", "initialize", "run"):
         assert key in train, key
     assert isinstance(train["train"]["handlers"], list)  # MONAI Label inserts into this list
-    # data preparation is an explicit step of `initialize` (MONAI Label skips `initialize` and hands its datastore)
-    assert "$@prepare_data" in train["initialize"] and "prepare" not in str(train["datalist_file"])
+    # data preparation runs when the datasets read their data, never in `initialize`: MONAI Label replaces the
+    # datasets' data with its datastore and runs `initialize`, without the bundle's own data
+    assert "prepare" not in str(train["initialize"]) and "prepare" not in str(train["datalist_file"])
+    assert "@prepare_data or @datalist_file" in train["verified_datalist"]
     infer = json.loads((BUNDLE / "configs/inference.json").read_text())
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "evaluator"):
         assert key in infer, key
