@@ -3,7 +3,6 @@ import contextlib
 import os
 import pickle
 import signal
-import time
 
 import nibabel as nib
 import numpy as np
@@ -145,7 +144,6 @@ def test_a_stopped_worker_times_out_naming_the_case(tmp_path):
 
     ev = _evaluator(tmp_path, _net(), images, extra=add_stopper,
                     loader_kwargs={"num_workers": 1, "timeout": 3, "multiprocessing_context": "fork"})
-    start = time.monotonic()
     try:
         with pytest.raises(RuntimeError, match=r"no data for 3 s: a data loader worker is stuck on one of the "
                                                r"batches 1..2 \(") as info:
@@ -155,5 +153,4 @@ def test_a_stopped_worker_times_out_naming_the_case(tmp_path):
         if pid_file.exists():  # normally already ended by the loader
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    assert time.monotonic() - start < 60
     assert sorted(os.listdir(tmp_path / "out")) == ["case0_seg.nii.gz"]
