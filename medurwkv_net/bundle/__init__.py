@@ -18,9 +18,10 @@ copy the folder and change the ids at the top of each config and the transform l
 ``dataset_dir`` / ``datalist_file`` / ``prepare_data``
     where the data lives, the datalist path (a plain path: reading a config has no side effects), and the
     expression that writes the datalist (``training``, ``validation``, ``test``). ``prepare_data`` is
-    idempotent; the datasets read by training and evaluation (``verified_datalist``) name
-    ``@prepare_data or @datalist_file``, so it runs when their data is read, not when a config is read
-    (``--prepare_data False`` for a datalist of one's own; the demo calls
+    idempotent; the datasets of training and evaluation read ``(@prepare_data, @datalist_file)[1]``
+    (``verified_datalist``): the datalist file, after ``prepare_data`` has run, so preparation happens when
+    their data is read, not when a config is read (``--prepare_data False`` for a datalist of one's own;
+    the demo calls
     :func:`medurwkv_net.data.mni152.prepare`, the dataset bundles
     :func:`medurwkv_net.data.prepare_datalist`).
 ``in_channels`` / ``out_channels`` / ``class_names``

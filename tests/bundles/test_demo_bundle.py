@@ -98,7 +98,7 @@ def test_bundle_file_set_and_metadata():
     # data preparation runs when the datasets read their data, never in `initialize`: MONAI Label replaces the
     # datasets' data with its datastore and runs `initialize`, without the bundle's own data
     assert "prepare" not in str(train["initialize"]) and "prepare" not in str(train["datalist_file"])
-    assert "@prepare_data or @datalist_file" in train["verified_datalist"]
+    assert "(@prepare_data, @datalist_file)[1]" in train["verified_datalist"]
     infer = json.loads((BUNDLE / "configs/inference.json").read_text())
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "evaluator"):
         assert key in infer, key
@@ -217,3 +217,26 @@ def test_verify_net_in_out_and_torchscript_export_match_eager(bundle_copy, tmp_p
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_datalist_of_ones_own_is_the_one_read(dataset_dir, tmp_path):
+    """`--datalist_file own.json` is read even when preparation still runs (the demo prepares its own
+    datalist elsewhere); with `--prepare_data False` nothing is prepared."""
+    from monai.bundle import ConfigParser
+
+    own = json.loads((Path(mni152.prepare(dataset_dir))).read_text())
+    own["training"], own["validation"] = own["training"][:2], own["validation"][:1]
+    for split in ("training", "validation", "test"):  # own.json lives elsewhere: absolute paths
+        own[split] = [{k: str(dataset_dir / v) for k, v in case.items() if k in ("image", "label")}
+                      for case in own[split]]
+    own_file = tmp_path / "own.json"
+    own_file.write_text(json.dumps(own))
+    for prepare in (True, False):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / "configs" / "train.json"))
+        parser["dataset_dir"] = str(dataset_dir)
+        parser["datalist_file"] = str(own_file)
+        if not prepare:
+            parser["prepare_data"] = False
+        assert parser.get_parsed_content("verified_datalist") == str(own_file)
+        assert len(parser.get_parsed_content("train#dataset#data")) == 2

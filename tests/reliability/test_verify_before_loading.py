@@ -98,7 +98,8 @@ def test_the_demo_config_refuses_bad_data_before_a_dataset_loads_it(tmp_path, fa
     datalist = _write(root, training=cases[:1], validation=cases[1:2], **bad)
     parser = ConfigParser()
     parser.read_config(DEMO_TRAIN)
-    parser["datalist_file"] = str(datalist)
+    parser["datalist_file"] = str(datalist)  # a datalist of one's own: --datalist_file X --prepare_data False
+    parser["prepare_data"] = False
     parser["dataset_dir"] = str(root)
     with pytest.raises(RuntimeError) as info:  # MONAI's ConfigExpression wraps what an expression raises
         parser.get_parsed_content("train#dataset")  # the CacheDataset of the training split
