@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# MONAI Label integration check: the demo bundle served by monailabel's own BundleInferTask and trained by
-# its BundleTrainTask, on CPU, in a separate virtual environment (monailabel 0.8.5 + monai 1.6.1 beside
-# torch 2.14.1 / torchvision 0.29.1 from the local wheel index).
+# MONAI Label integration check: the demo bundle (NIfTI) and Kvasir-SEG (PNG) served by monailabel's own
+# BundleInferTask and trained by its BundleTrainTask, on CPU, in a separate virtual environment (monailabel
+# 0.8.5 + monai 1.6.1 beside torch 2.14.1 / torchvision 0.29.1 from the local wheel index).
 #
 #   .ci/monailabel_check.sh VENV [SOURCE_VENV]
 #

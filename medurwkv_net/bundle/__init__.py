@@ -21,8 +21,7 @@ copy the folder and change the ids at the top of each config and the transform l
     idempotent; the datasets of training and evaluation read ``(@prepare_data, @datalist_file)[1]``
     (``verified_datalist``): the datalist file, after ``prepare_data`` has run, so preparation happens when
     their data is read, not when a config is read (``--prepare_data False`` for a datalist of one's own;
-    the demo calls
-    :func:`medurwkv_net.data.mni152.prepare`, the dataset bundles
+    the demo calls :func:`medurwkv_net.data.mni152.prepare`, the dataset bundles
     :func:`medurwkv_net.data.prepare_datalist`).
 ``in_channels`` / ``out_channels`` / ``class_names``
     network input channels, number of classes (background included) and their names, as literals (the

@@ -54,21 +54,16 @@ DATA_ERRORS = (DatasetError, DataVerificationError)
 USER_ERRORS = DATA_ERRORS + (PretrainedUnavailableError,)
 
 
-def find_user_error(err: BaseException, kinds: tuple = USER_ERRORS) -> BaseException | None:
-    """The first instance of ``kinds`` in the chain of ``err`` (causes and contexts), or None."""
+def find_user_error(err: BaseException) -> BaseException | None:
+    """The first :data:`USER_ERRORS` instance in the chain of ``err`` (causes and contexts), or None."""
     seen: set[int] = set()
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
-        if isinstance(e, kinds):
+        if isinstance(e, USER_ERRORS):
             return e
         seen.add(id(e))
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return None
-
-
-def find_data_error(err: BaseException) -> BaseException | None:
-    """The first :data:`DATA_ERRORS` instance in the chain of ``err`` (causes and contexts), or None."""
-    return find_user_error(err, DATA_ERRORS)
 
 
 def install_error_hook() -> None:

@@ -220,11 +220,11 @@ def test_verify_net_in_out_and_torchscript_export_match_eager(bundle_copy, tmp_p
 
 
 def test_a_datalist_of_ones_own_is_the_one_read(dataset_dir, tmp_path):
-    """`--datalist_file own.json` is read even when preparation still runs (the demo prepares its own
-    datalist elsewhere); with `--prepare_data False` nothing is prepared."""
+    """`--datalist_file own.json` is the file read, whether preparation still runs (the demo prepares its own
+    datalist elsewhere) or is turned off with `--prepare_data False`."""
     from monai.bundle import ConfigParser
 
-    own = json.loads((Path(mni152.prepare(dataset_dir))).read_text())
+    own = json.loads(Path(mni152.prepare(dataset_dir)).read_text())
     own["training"], own["validation"] = own["training"][:2], own["validation"][:1]
     for split in ("training", "validation", "test"):  # own.json lives elsewhere: absolute paths
         own[split] = [{k: str(dataset_dir / v) for k, v in case.items() if k in ("image", "label")}
