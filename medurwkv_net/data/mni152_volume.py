@@ -4,7 +4,8 @@ The template, the labels (0 background, 1 grey matter, 2 white matter) and the u
 of the 2D demo (:mod:`medurwkv_net.data.mni152`: :func:`~medurwkv_net.data.mni152.load_template`,
 :func:`~medurwkv_net.data.mni152.make_labels`, ``MIN_TISSUE_FRACTION``), so the 2D and 3D bundles learn the
 same task. For 3D the usable axial range is cut into slabs of ``SLAB`` slices, ``GAP`` slices apart, assigned
-in the cycle ``training, validation, training, test`` (what remains at the top goes to training); each slab is
+in the cycle ``CYCLE`` (training, validation, training, test, training, test, training, validation; what
+remains at the top goes to training), so that every held-out slab lies between two training slabs; each slab is
 cropped in-plane to the brain's bounding box plus ``MARGIN`` voxels. The bundles train on random 3D patches of
 the training slabs and validate / evaluate / infer on whole slabs with a sliding window.
 
@@ -38,13 +39,13 @@ from .mni152 import (
 __all__ = ["CLASS_NAMES", "GAP", "MARGIN", "SLAB", "prepare", "split_slabs"]
 
 #: slices per slab
-SLAB = 24
+SLAB = 16
 #: unused slices between two slabs
-GAP = 5
+GAP = 2
 #: in-plane margin (voxels) around the brain's bounding box
 MARGIN = 6
-CYCLE = ("training", "validation", "training", "test")
-_VERSION = 1
+CYCLE = ("training", "validation", "training", "test", "training", "test", "training", "validation")
+_VERSION = 2
 
 
 def split_slabs(labels: np.ndarray, slab: int = SLAB, gap: int = GAP,

@@ -79,6 +79,10 @@ def test_mni152_volume_slabs_from_the_template(tmp_path):
     flat = sorted((r, k) for k, rs in ranges.items() for r in rs)
     for (a, ka), (b, kb) in zip(flat, flat[1:]):
         assert b[0] - a[1] >= mni152_volume.GAP  # disjoint, gapped slabs
+    kinds = [k for _, k in flat]
+    for i, k in enumerate(kinds):  # every held-out slab lies between two training slabs
+        if k != "training":
+            assert 0 < i < len(kinds) - 1 and kinds[i - 1] == kinds[i + 1] == "training", kinds
     img = nib.load(tmp_path / dl["test"][0]["image"])
     lab = nib.load(tmp_path / dl["test"][0]["label"])
     assert img.shape == lab.shape and img.shape[2] == mni152_volume.SLAB and img.shape[0] < 197
@@ -90,7 +94,8 @@ def test_mni152_volume_slabs_from_the_template(tmp_path):
     vox = np.linalg.inv(affine) @ img.affine @ np.array([0, 0, 0, 1.0])
     x0, y0, z0 = (int(round(v)) for v in vox[:3])
     assert z0 == dl["test"][0]["z"][0]
-    np.testing.assert_array_equal(np.asarray(img.dataobj), t1[x0:x0 + img.shape[0], y0:y0 + img.shape[1], z0:z0 + 24])
+    expected = t1[x0:x0 + img.shape[0], y0:y0 + img.shape[1], z0:z0 + mni152_volume.SLAB]
+    np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
     stamp = path.stat().st_mtime_ns
     assert mni152_volume.prepare(tmp_path) == str(path) and path.stat().st_mtime_ns == stamp
 
@@ -110,12 +115,13 @@ def test_mni152_3d_bundle_train_evaluate_infer(tmp_path):
     bundle = _copy_bundle("medurwkv_mni152_tissue_3d", tmp_path)
     own_data = ["--datalist_file", str(data / "datalist.json"), "--prepare_data", "False"]  # a datalist of one's own
     out = bundle_run(bundle, "run", "training", "--config_file", "configs/train.json", "--max_epochs", "1",
-                     "--num_samples", "1", *own_data, *TINY_NET)
+                     "--num_samples", "1", "--samples_per_epoch", "4", *own_data, *TINY_NET)
     assert "val_mean_dice_grey_matter" in out and "test_mean_dice" not in out  # training never reads the test split
+    assert "[4/4]" in out and "[5/" not in out  # an epoch is samples_per_epoch draws, not one pass over 2 volumes
     assert not (bundle / "data").exists()
     state = torch.load(bundle / "models/model.pt", map_location="cpu", weights_only=True)
-    MedURWKV3D(in_channels=1, out_channels=3, img_size=96, feature_size=16, bottleneck_depth=1,
-               decoder_depths=(1, 1, 1)).load_state_dict(state)  # a plain, strict state dict
+    MedURWKV3D(in_channels=1, out_channels=3, img_size=[64, 64, 16], patch_size=[16, 16, 4], feature_size=16,
+               bottleneck_depth=1, decoder_depths=(1, 1, 1)).load_state_dict(state)  # a plain, strict state dict
     bundle_run(bundle, "run", "--config_file", "['configs/train.json','configs/evaluate.json']", *own_data, *TINY_NET,
                env=NO_HUB)
     rows = list(csv.reader(open(bundle / "eval" / "test_mean_dice_raw.csv")))
@@ -185,3 +191,21 @@ def test_msd_bundle_train_evaluate_infer(tmp_path):
                "--out_channels", "3", "--output_dir", str(tmp_path / "pred"), *TINY_NET, env=NO_HUB)
     pred = nib.load(tmp_path / "pred" / "syn_100_seg.nii.gz")
     assert pred.shape == (33, 29, 17) and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
+def test_mni152_3d_multi_gpu_epoch_is_samples_per_epoch_over_the_ranks(tmp_path, monkeypatch):
+    """The multi-GPU overlay keeps an epoch at ``samples_per_epoch`` draws in all, split over the ranks."""
+    import torch.distributed as dist
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundles" / "medurwkv_mni152_tissue_3d" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
+    parser["train#dataset"] = list(range(5))  # five training slabs
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sampler = parser.get_parsed_content("train#sampler")
+        assert len(list(iter(sampler))) == parser["samples_per_epoch"] == 30
+        assert set(iter(sampler)) <= set(range(5))
+    finally:
+        dist.destroy_process_group()
