@@ -763,7 +763,7 @@ def verify_datalist_file(
         raise DataVerificationError(f"datalist '{path}' has no list of cases (keys: {sorted(raw)})")
     lists = {k: load_decathlon_datalist(str(path), True, k) for k in keys}
     roots = None if dataset_dir is None else [dataset_dir, path.parent]
-    settings = {**settings, **_declared_dims(raw, keys, settings.get("spatial_dims"))}
+    settings = {**settings, **_declared_settings(raw, keys, settings.get("spatial_dims"))}
     report = verify_datalist(lists, dataset_dir=roots, **settings)
     if not report.ok:
         raise DataVerificationError(
@@ -780,7 +780,7 @@ def verify_datalist_file(
     return str(datalist_file)
 
 
-def _declared_dims(raw: Mapping, keys: Sequence[str], default: Any) -> dict:
+def _declared_settings(raw: Mapping, keys: Sequence[str], default: Any) -> dict:
     """What a datalist says about its own lists, as :func:`verify_datalist` settings (``{}`` when nothing):
     ``"spatial_dims": {"training": 2, "test": 3}`` (written by preparations that slice volumes; lists it does
     not name keep ``default``) and ``"empty_labels_expected": ["training"]`` (lists holding background-only
@@ -1008,7 +1008,10 @@ def verify_data_cli(
     configs without a datalist file (or with ``--sections``) are verified through ``<section>#dataset#data``.
     Prints a table (cases, errors and warnings per split), then every problem with its file. Settings, first found wins:
     the command line; the ``VerifyDataHandler`` entry of ``train#handlers``; the config's ``label_mode``,
-    ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels).
+    ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels). What the
+    datalist file declares about its own lists wins over these: ``spatial_dims`` per list (e.g. 2D slices and
+    3D volumes of one preparation) and ``empty_labels_expected``; files in the datalist's folder (written by
+    the preparation) count as inside the dataset folder.
     Prints the per-case summary, optionally writes it as JSON, and exits with status 1 on any error.
 
     Args:
@@ -1081,7 +1084,7 @@ def verify_data_cli(
         lists = _datalist_splits(datalist_file)
         if lists:
             raw = json.loads(Path(str(datalist_file)).read_text())
-            settings.update(_declared_dims(raw, list(lists), settings.get("spatial_dims")))
+            settings.update(_declared_settings(raw, list(lists), settings.get("spatial_dims")))
             if settings.get("dataset_dir") is not None:  # as verify_datalist_file: files the preparation wrote
                 settings["dataset_dir"] = [settings["dataset_dir"], str(Path(str(datalist_file)).parent)]
     if not lists:
