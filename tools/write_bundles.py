@@ -1,14 +1,15 @@
-"""Maintainer tool: writes the seven dataset bundles (``bundles/medurwkv_<dataset>/``) from the demo bundle.
+"""Maintainer tool: writes the six photo dataset bundles (``bundles/medurwkv_<dataset>/``) from the demo bundle.
 
 The demo bundle ``bundles/medurwkv_mni152_tissue`` is the template: every dataset bundle is that bundle
 with only the dataset's own ids changed (reader, classes, channels, input size, intensity and label
 conventions, the paper recipe's schedule) and its own metadata and model card. Keeping the facts here,
-once, and writing the bundles from them is what keeps the eight bundles from drifting apart::
+once, and writing the bundles from them is what keeps the seven bundles from drifting apart::
 
     python tools/write_bundles.py            # rewrite bundles/medurwkv_<dataset>/ from the template
     python tools/write_bundles.py --check    # list files that differ (what the tests check)
 
-It is not part of the installed package: it writes into this repository's ``bundles/``.
+It is not part of the installed package: it writes into this repository's ``bundles/``. The NKUT bundle
+(CBCT volumes, sliced for the 2D network) and the 3D bundles are written by hand.
 
 ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own. The transform chains are
 MONAI transforms listed in the JSON (``train#deterministic_transforms`` shared with validation through a
@@ -184,25 +185,6 @@ LNCS 11962, 451-462.""",
         refs=["Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020"],
         paper=None,
     ),
-    "nkut": dict(
-        short="NKUT", cls="foreground", in_channels=3, data_type="png",
-        modality="2D image (RGB or grey scale)",
-        task="Binary segmentation on the NKUT dataset used by the Med-URWKV paper",
-        source="NKUT, as used by the Med-URWKV paper (arXiv:2506.10858); obtain it from the source the paper cites",
-        counts="see the source",
-        split="no official split known to us: seeded 80/10/10 split (seed `split_seed`, recorded in the datalist)",
-        layout="""<dataset_dir>/
-  images/NAME.<png|jpg|jpeg|bmp>
-  masks/NAME.<png|jpg|jpeg|bmp>        (same file stem)""",
-        layout_note="""Other folder names: add --image_subdir X --mask_subdir Y to every command
-(prepare-data: --image_dir X --mask_dir Y).""",
-        masks="8-bit PNG or JPEG, 0 = background, 255 (or 1) = foreground (automatic threshold)",
-        licence="""We could not verify the distribution terms of NKUT. Obtain the data from the source cited by the
-Med-URWKV paper (arXiv:2506.10858) and follow its licence; this file must be updated with it before
-trained weights are published.""",
-        refs=[],
-        paper=None,
-    ),
 }
 
 
@@ -230,7 +212,7 @@ def _swap_imports(imports: list[str]) -> list[str]:
     return out
 
 
-FOLDER_LAYOUT = ("tdd", "nkut")  # images/ + masks/ releases: the sub-folder names are config ids
+FOLDER_LAYOUT = ("tdd",)  # images/ + masks/ releases: the sub-folder names are config ids
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the VRWKV encoder's ImageNet normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_LABEL = ["image", "label"]
@@ -245,8 +227,6 @@ def _common_ids(name: str) -> dict:
     }
     if name == "tdd":  # null: the Tufts archive's Radiographs/ + Segmentation/teeth_mask/, or images/ + masks/
         ids.update(image_subdir=None, mask_subdir=None)
-    elif name in FOLDER_LAYOUT:
-        ids.update(image_subdir="images", mask_subdir="masks")
     if name == "busi":
         ids.update(include_normal=False)
     return ids

@@ -28,7 +28,6 @@ from .releases import (
     read_isic2017,
     read_isic2018,
     read_kvasir,
-    read_nkut,
     read_release,
     read_tdd,
     seeded_split,
@@ -42,7 +41,7 @@ if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: a bad re
 __all__ = [
     "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",
     "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
-    "read_kvasir", "read_nkut", "read_release", "read_tdd", "seeded_split", "write_datalist",
+    "read_kvasir", "read_release", "read_tdd", "seeded_split", "write_datalist",
     "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "prepare_data_cli",
     "prepare_datalist", "split_images",
 ]
@@ -52,7 +51,7 @@ def _reader_kwargs(dataset: str, image_dir=None, mask_dir=None, include_normal=N
     """The reader options that were given, checked against the dataset they apply to."""
     name = get_release(dataset).name
     kwargs = {k: v for k, v in (("image_dir", image_dir), ("mask_dir", mask_dir)) if v is not None}
-    if kwargs and name not in ("tdd", "nkut"):
+    if kwargs and name != "tdd":
         raise ValueError(f"image_dir/mask_dir apply to the images/ + masks/ layouts (tdd, nkut), not to '{dataset}'")
     if include_normal is not None:
         if name != "busi":
@@ -70,8 +69,15 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
     unpacked under ``dataset_dir`` and write its datalist (official or seeded train/validation/test split)
     to ``output`` when missing or out of date; return the path. What the bundles' ``datalist_file``
     calls, so that training prepares the data on first use. ``image_dir``/``mask_dir`` name other
-    sub-folders for the images/ + masks/ layouts (tdd, nkut); ``include_normal`` adds BUSI's normal cases.
-    Mask and image sizes are checked before anything is written."""
+    sub-folders for the images/ + masks/ layout (tdd) and the images/ + labels/ layout (nkut, whose
+    preparation, :func:`medurwkv_net.data.nkut.prepare`, also writes slices beside ``output``);
+    ``include_normal`` adds BUSI's normal cases. Mask and image sizes are checked before anything is written."""
+    if _is_nkut(dataset):
+        from . import nkut
+
+        _nkut_options(include_normal)
+        return nkut.prepare(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
+                            label_dir=mask_dir)
     try:
         kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
         datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
@@ -79,6 +85,15 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
         raise _as_dataset_error(e) from e
     logging.getLogger(__name__).info(_describe(datalist, report, Path(output).resolve()))
     return str(Path(output).resolve())
+
+
+def _is_nkut(dataset) -> bool:
+    return str(dataset).lower().replace("-", "").replace("_", "") == "nkut"
+
+
+def _nkut_options(include_normal) -> None:
+    if include_normal is not None:
+        raise _errors.DatasetError("include_normal applies to busi only, not to 'nkut'")
 
 
 def _as_dataset_error(e: BaseException) -> BaseException:
@@ -116,23 +131,31 @@ def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.jso
     """Write the datalist of a public dataset unpacked under DATASET_DIR, printing the split sizes.
 
     Every image and mask is decoded (a truncated or corrupt file is named), mask sizes are compared with
-    their images, and cases with empty masks are counted.
+    their images, and cases with empty masks are counted. nkut (CBCT volumes): every volume and label map is
+    read and checked against its image's grid, the 4-class label maps and the axial slices of the training
+    and validation cases are written beside OUTPUT (see ``medurwkv_net.data.nkut``).
 
     The split is the official one where the release has it, else seeded train/validation/test fractions.
 
     Args:
         dataset: one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut.
         dataset_dir: the folder the archive(s) were unpacked into.
-        output: the datalist to write.
+        output: the datalist to write (nkut: the axial slices and label volumes are written in its folder).
         seed: seed of the split, for releases without an official one.
         fractions: training, validation and test fractions of a seeded split.
-        image_dir: another image sub-folder, for the images/ + masks/ layouts (tdd, nkut).
-        mask_dir: another mask sub-folder, likewise.
+        image_dir: another image sub-folder, for the images/ + masks/ layout (tdd) and nkut's images/.
+        mask_dir: another mask sub-folder, likewise (nkut: the label folder, instead of labels/).
         include_normal: busi only: also the normal cases (default: benign + malignant).
 
     Returns:
         The path written.
     """
+    if _is_nkut(dataset):
+        from . import nkut
+
+        _nkut_options(include_normal)
+        return nkut.prepare_cli(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
+                                label_dir=mask_dir)
     try:
         kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
         datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, always_check=True,

@@ -1,4 +1,5 @@
-"""Readers for the public releases of the seven Med-URWKV datasets, and datalist building.
+"""Readers for the public releases of the six 2D (photo) datasets of Med-URWKV, and datalist building
+(NKUT, a CBCT release, has its own reader: :mod:`medurwkv_net.data.nkut`).
 
 Every reader takes ``dataset_dir``: the folder an archive was unpacked into (e.g. the folder that
 holds ``Kvasir-SEG/``), the release folder itself (``Kvasir-SEG/``), or one level above the
@@ -29,8 +30,7 @@ Layouts read (exactly as the archives unpack):
 - ``tdd`` (Tufts Dental Database): ``Radiographs/N.JPG`` + ``Segmentation/teeth_mask/N.jpg`` as the archives
   unpack (doubled folders such as ``Radiographs/Radiographs/`` are entered; extensions and folder names in
   any case), or ``images/`` + ``masks/``; empty teeth masks (edentulous cases) are valid.
-- ``nkut``: ``images/NAME.<ext>`` + ``masks/NAME.<ext>`` (same stem, any of png/jpg/jpeg/bmp).
-  Other sub-folders (tdd, nkut) can be named with ``image_dir`` / ``mask_dir``.
+  Other sub-folders (tdd) can be named with ``image_dir`` / ``mask_dir``.
 """
 
 from __future__ import annotations
@@ -340,11 +340,6 @@ def read_tdd(dataset_dir, image_dir: str | None = None, mask_dir: str | None = N
     return _read_image_mask_folders(dataset_dir, "tdd", layouts)
 
 
-def read_nkut(dataset_dir, image_dir: str = "images", mask_dir: str = "masks") -> Release:
-    """NKUT: ``images/`` + ``masks/`` by default (see the module docstring)."""
-    return _read_image_mask_folders(dataset_dir, "nkut", [(image_dir, mask_dir)])
-
-
 # ----------------------------------------------------------------------------- BUSI
 BUSI_CLASSES = ("benign", "malignant", "normal")
 _BUSI_MASK = re.compile(r"^(?P<name>.+)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
@@ -454,7 +449,6 @@ RELEASES: dict[str, ReleaseSpec] = {
     "busi": ReleaseSpec("busi", "BUSI", read_busi, None,
                         "Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png + NAME_mask[_K].png"),
     "kvasir": ReleaseSpec("kvasir", "Kvasir-SEG", read_kvasir, None, "Kvasir-SEG/images/ + Kvasir-SEG/masks/"),
-    "nkut": ReleaseSpec("nkut", "NKUT", read_nkut, None, "images/ + masks/"),
 }
 
 

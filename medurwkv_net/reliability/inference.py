@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
-__all__ = ["SafeSimpleInferer", "SafeSlidingWindowInferer", "infer_in_channels", "sliding_window_predict",
-           "validate_image"]
+__all__ = ["SafeSimpleInferer", "SafeSliceInferer", "SafeSlidingWindowInferer", "infer_in_channels",
+           "sliding_window_predict", "validate_image"]
 
 
 def infer_in_channels(network: torch.nn.Module) -> int | None:
@@ -189,6 +189,34 @@ class SafeSimpleInferer(_CheckedInferer, SimpleInferer):
 
     def _spatial_dims(self, inputs: torch.Tensor) -> int:
         return self.spatial_dims
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
+        return self._checked_call(super().__call__, inputs, network, *args, **kwargs)
+
+
+class SafeSliceInferer(_CheckedInferer, SliceInferer):
+    """``SliceInferer`` (a 2D network over the slices of a volume, stitched back into a volume) with the checks
+    of :class:`SafeSlidingWindowInferer`; the input is a volume ``[B, C, X, Y, Z]``.
+
+    Args:
+        roi_size: the 2D window, e.g. ``[256, 256]``.
+        spatial_dim: the axis the slices are taken along (0, 1 or 2 of ``X, Y, Z``; 2: axial for RAS volumes).
+        in_channels: expected input channels (default: from the network's first convolution).
+        check_output: refuse NaN/Inf network output.
+        checkpoint: the file the weights come from, named in the messages.
+        args, kwargs: passed to ``SlidingWindowInferer`` (``sw_batch_size``: slices per forward pass).
+    """
+
+    def __init__(self, roi_size: Sequence[int] | int, *args: Any, spatial_dim: int = 2,
+                 in_channels: int | None = None, check_output: bool = True, checkpoint: str | None = None,
+                 **kwargs: Any):
+        super().__init__(spatial_dim, roi_size, *args, **kwargs)
+        self.in_channels = in_channels
+        self.check_output = check_output
+        self.checkpoint = checkpoint
+
+    def _spatial_dims(self, inputs: torch.Tensor) -> int:
+        return 3
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
         return self._checked_call(super().__call__, inputs, network, *args, **kwargs)

@@ -229,9 +229,10 @@ def _load_one(path: Path, hash_content: bool) -> _Loaded:
     digest = None
     if hash_content:
         h = hashlib.sha1()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        for part in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
         digest = h.hexdigest()
     arr, meta = read_array(path)
     cdim = meta.get("original_channel_dim", float("nan"))
@@ -413,10 +414,11 @@ def verify_datalist(
     check_duplicates: bool = True,
     base_dir: str | os.PathLike | None = None,
     raise_on_error: bool = False,
-    spatial_dims: int | None = None,
+    spatial_dims: int | Mapping[str, int] | None = None,
     dataset_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     convert_channels: bool = False,
     eight_bit: bool = False,
+    empty_labels_expected: Sequence[str] = (),
 ) -> VerificationReport:
     """Open every case of ``datalist`` and check it; return a :class:`VerificationReport`.
 
@@ -437,7 +439,9 @@ def verify_datalist(
         base_dir: relative paths are resolved against it.
         raise_on_error: raise :class:`DataVerificationError` (with the summary) if any case fails.
         spatial_dims: number of spatial dimensions the network takes (``len(spatial_size)``); an image with
-            another number (a 3D or 4D volume in a 2D pipeline) is an error.
+            another number (a 3D or 4D volume in a 2D pipeline) is an error. A mapping gives each list of a
+            mapping ``datalist`` its own (e.g. 2D training slices and 3D test volumes); lists it does not name
+            are not checked.
         dataset_dir: every file must lie inside this folder, or one of these folders (a path leaving it with
             ``../`` is an error).
         convert_channels: images are brought to ``image_channels`` by the pipeline's ``EnsureChannelsd`` (grey
@@ -445,6 +449,8 @@ def verify_datalist(
             instead of requiring exactly ``image_channels``.
         eight_bit: the pipeline scales 16-bit images to the 8-bit range (``EnsureChannelsd(eight_bit=True)``);
             images it refuses (32-bit, floating point) are errors.
+        empty_labels_expected: names of the lists of a mapping ``datalist`` whose empty labels are intended
+            (e.g. background slices kept on purpose): no ``empty_label`` warning for them.
     """
     if label_mode not in ("index", "mask"):
         raise ValueError(f"label_mode must be 'index' or 'mask', got {label_mode!r}")
@@ -477,8 +483,9 @@ def verify_datalist(
         if image_channels is None:
             raise ValueError("convert_channels=True needs image_channels (the channels the network takes)")
         convert_to, chans = int(image_channels), None
+    dims_of = dict(spatial_dims) if isinstance(spatial_dims, Mapping) else None
     opts = _Options(allowed, allowed_desc, label_mode, label_threshold, chans, float(affine_atol),
-                    bool(check_duplicates), None if spatial_dims is None else int(spatial_dims),
+                    bool(check_duplicates), None if spatial_dims is None or dims_of is not None else int(spatial_dims),
                     _roots(dataset_dir), convert_to, bool(eight_bit))
 
     if isinstance(datalist, Mapping):
@@ -503,6 +510,8 @@ def verify_datalist(
         return p
 
     for gname, items in groups:
+        if dims_of is not None:
+            opts.spatial_dims = None if dims_of.get(gname) is None else int(dims_of[gname])
         for idx, entry in enumerate(items):
             case = CaseReport(case_id=f"{gname}[{idx}]")
             reports.append(case)
@@ -520,6 +529,8 @@ def verify_datalist(
             if label is None and require_label:
                 case.error("missing", f"missing partner: entry has no '{label_key}'")
             _verify_case(case, image, label, resolve, opts, seen_paths, seen_digests)
+            if gname in empty_labels_expected:
+                case.warnings = [w for w in case.warnings if w.check != "empty_label"]
 
     report = VerificationReport(reports, num_classes=num_classes, problems=problems)
     for c in report.warned:
@@ -543,7 +554,7 @@ def _verify_image(case, image, resolve, opts: _Options, seen_paths, seen_digests
         if isinstance(part, Path):
             if not _check_path(case, part, "image", opts):
                 continue
-            if not part.is_file():
+            if not part.is_file() and not part.is_dir():  # a folder: a DICOM series
                 case.error("missing", f"image file '{part}' does not exist")
                 continue
             key = str(part.resolve())
@@ -752,6 +763,7 @@ def verify_datalist_file(
         raise DataVerificationError(f"datalist '{path}' has no list of cases (keys: {sorted(raw)})")
     lists = {k: load_decathlon_datalist(str(path), True, k) for k in keys}
     roots = None if dataset_dir is None else [dataset_dir, path.parent]
+    settings = {**settings, **_declared_settings(raw, keys, settings.get("spatial_dims"))}
     report = verify_datalist(lists, dataset_dir=roots, **settings)
     if not report.ok:
         raise DataVerificationError(
@@ -766,6 +778,22 @@ def verify_datalist_file(
     for cases in lists.values():
         _VERIFIED.update(_case_key(c) for c in cases)
     return str(datalist_file)
+
+
+def _declared_settings(raw: Mapping, keys: Sequence[str], default: Any) -> dict:
+    """What a datalist says about its own lists, as :func:`verify_datalist` settings (``{}`` when nothing):
+    ``"spatial_dims": {"training": 2, "test": 3}`` (written by preparations that slice volumes; lists it does
+    not name keep ``default``) and ``"empty_labels_expected": ["training"]`` (lists holding background-only
+    cases on purpose)."""
+    out: dict[str, Any] = {}
+    declared = raw.get("spatial_dims")
+    if isinstance(declared, Mapping):
+        fallback = None if default is None or isinstance(default, Mapping) else int(default)
+        out["spatial_dims"] = {k: int(declared[k]) if k in declared else fallback for k in keys}
+    expected = raw.get("empty_labels_expected")
+    if isinstance(expected, list) and all(isinstance(k, str) for k in expected):
+        out["empty_labels_expected"] = list(expected)
+    return out
 
 
 def missing_class_warnings(
@@ -980,7 +1008,10 @@ def verify_data_cli(
     configs without a datalist file (or with ``--sections``) are verified through ``<section>#dataset#data``.
     Prints a table (cases, errors and warnings per split), then every problem with its file. Settings, first found wins:
     the command line; the ``VerifyDataHandler`` entry of ``train#handlers``; the config's ``label_mode``,
-    ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels).
+    ``label_threshold``; ``metadata.json`` next to the config (channel_def, input num_channels). What the
+    datalist file declares about its own lists wins over these: ``spatial_dims`` per list (e.g. 2D slices and
+    3D volumes of one preparation) and ``empty_labels_expected``; files in the datalist's folder (written by
+    the preparation) count as inside the dataset folder.
     Prints the per-case summary, optionally writes it as JSON, and exits with status 1 on any error.
 
     Args:
@@ -1049,7 +1080,13 @@ def verify_data_cli(
 
     lists: dict[str, Any] = {}
     if sections is None and "datalist_file" in parser:
-        lists = _datalist_splits(parser.get_parsed_content("datalist_file"))
+        datalist_file = parser.get_parsed_content("datalist_file")
+        lists = _datalist_splits(datalist_file)
+        if lists:
+            raw = json.loads(Path(str(datalist_file)).read_text())
+            settings.update(_declared_settings(raw, list(lists), settings.get("spatial_dims")))
+            if settings.get("dataset_dir") is not None:  # as verify_datalist_file: files the preparation wrote
+                settings["dataset_dir"] = [settings["dataset_dir"], str(Path(str(datalist_file)).parent)]
     if not lists:
         if sections is None:
             sections = ("train", "validate")

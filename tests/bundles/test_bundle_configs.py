@@ -24,7 +24,7 @@ from monai.utils import set_determinism
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 PHOTO = ["medurwkv_busi", "medurwkv_glas", "medurwkv_isic2017", "medurwkv_isic2018", "medurwkv_kvasir",
-         "medurwkv_nkut", "medurwkv_tdd"]
+         "medurwkv_tdd"]
 NO_HUB = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
 
 

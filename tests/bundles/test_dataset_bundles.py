@@ -1,4 +1,4 @@
-"""The seven dataset bundles, end to end on tiny synthetic releases in the exact public layouts:
+"""The six photo dataset bundles, end to end on tiny synthetic releases in the exact public layouts:
 training for one epoch through ``python -m monai.bundle run training`` (a subprocess, as users run it),
 then evaluation and inference through ``monai.bundle.run`` -- the function that command calls -- in
 this process, which saves two interpreter starts (MONAI's import alone takes seconds) per bundle."""
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-DATASETS = ["isic2017", "isic2018", "glas", "tdd", "busi", "kvasir", "nkut"]
+DATASETS = ["isic2017", "isic2018", "glas", "tdd", "busi", "kvasir"]  # NKUT (CBCT): test_nkut_bundle.py
 CONFIG_FILES = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "metadata.json",
                 "logging.conf"]
 
@@ -44,7 +44,6 @@ SMALL = {
     "tdd": {"n": 5},
     "busi": {"per_class": 3},
     "kvasir": {"n": 5},
-    "nkut": {"n": 5},
 }
 
 # small overrides that keep each run to seconds on a CPU (no Hub access in tests: pretrained False)
@@ -205,7 +204,7 @@ def test_default_paper_recipe_loads_hub_encoder_and_keeps_it_frozen(tmp_path, vr
 
 def test_bundles_are_the_template_plus_dataset_facts():
     """The committed dataset bundles are exactly what tools/write_bundles.py writes from the demo bundle
-    (the template) and the dataset facts: a template change must be carried into all seven."""
+    (the template) and the dataset facts: a template change must be carried into all six."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("write_bundles", REPO / "tools" / "write_bundles.py")

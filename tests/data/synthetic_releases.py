@@ -1,11 +1,12 @@
-"""Tiny synthetic copies of the seven public releases, in their exact unpacked layouts.
+"""Tiny synthetic copies of the six public photo releases, in their exact unpacked layouts (NKUT, a CBCT
+release: synthetic_nkut.py).
 
 ``make_release(dataset, root)`` writes one under ``root`` (the folder the archive would be unpacked
 into) and returns a :class:`SyntheticRelease` with the folder to pass as ``dataset_dir`` and, for every
 case, the foreground mask the readers and ``LoadMaskd`` must produce (``(H, W)`` bool, row-major).
 Images have odd sizes and mix RGB and grayscale; the BUSI tree has a case with two masks, RGB and RGBA
-masks and normal cases with empty masks; NKUT has a 16-bit image with a 16-bit mask; Kvasir-SEG and TDD
-masks are JPEG; GlaS annotations hold instance ids.
+masks and normal cases with empty masks; a TDD copy laid out as images/ + masks/ (``make_tdd(folders=True)``)
+has a 16-bit image with a 16-bit mask; Kvasir-SEG and TDD masks are JPEG; GlaS annotations hold instance ids.
 Shared by tests/data and tests/bundles (import it by path or with tests/data on sys.path).
 """
 
@@ -192,11 +193,16 @@ def _make_folders(dataset: str, root: Path, n: int, image_ext: str, mask_ext: st
 TDD_NUMBERS = [1, 2, 4, 5, 7, 8, 11, 12, 13, 16, 17, 19]  # the archive's numbering has gaps
 
 
-def make_tdd(root: Path, n: int = 10, doubled: bool = False, edentulous: int | None = 2) -> SyntheticRelease:
+def make_tdd(root: Path, n: int = 10, doubled: bool = False, edentulous: int | None = 2,
+             folders: bool = False) -> SyntheticRelease:
     """The Tufts Dental Database as its archives unpack: ``Radiographs/N.JPG`` (grey, upper-case extension),
     ``Segmentation/teeth_mask/N.jpg`` (3-channel JPEG masks, lower-case), ``Segmentation/maxillomandibular/``,
     ``Expert/``, ``Student/``. ``doubled``: the radiographs in ``Radiographs/Radiographs/`` (an archive
-    unpacked into a folder of its own name). Case index ``edentulous`` has an empty teeth mask."""
+    unpacked into a folder of its own name). Case index ``edentulous`` has an empty teeth mask.
+    ``folders``: a copy laid out as ``images/`` + ``masks/`` instead (PNG; case '2' is a 16-bit grey image
+    with a 16-bit mask)."""
+    if folders:
+        return _make_folders("tdd", root, n, ".png", ".png", "RGB", lossy=False, sixteen_bit=True)
     base = Path(root)
     img_dir = base / "Radiographs" / ("Radiographs" if doubled else "")
     teeth, jaw = base / "Segmentation" / "teeth_mask", base / "Segmentation" / "maxillomandibular"
@@ -215,11 +221,6 @@ def make_tdd(root: Path, n: int = 10, doubled: bool = False, edentulous: int | N
     return rel
 
 
-def make_nkut(root: Path, n: int = 10) -> SyntheticRelease:
-    """PNG images and masks; case '2' is a 16-bit grey image with a 16-bit mask."""
-    return _make_folders("nkut", root, n, ".png", ".png", "RGB", lossy=False, sixteen_bit=True)
-
-
 MAKERS = {
     "isic2017": make_isic2017,
     "isic2018": make_isic2018,
@@ -227,7 +228,6 @@ MAKERS = {
     "tdd": make_tdd,
     "busi": make_busi,
     "kvasir": make_kvasir,
-    "nkut": make_nkut,
 }
 
 

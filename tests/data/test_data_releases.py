@@ -27,15 +27,17 @@ from medurwkv_net.data import (  # noqa: E402
 )
 
 DATASETS = sorted(MAKERS)
+# every release as it unpacks, and the TDD copy laid out as images/ + masks/ (with a 16-bit image and mask)
+VARIANTS = [(d, {}) for d in DATASETS] + [("tdd", {"folders": True})]
 
 
 def _all_cases(dl):
     return [c for k in ("training", "validation", "test") for c in dl[k]]
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_datalist_covers_release_once(tmp_path, dataset):
-    rel = make_release(dataset, tmp_path / "unpacked")
+@pytest.mark.parametrize("dataset, variant", VARIANTS)
+def test_datalist_covers_release_once(tmp_path, dataset, variant):
+    rel = make_release(dataset, tmp_path / "unpacked", **variant)
     dl = build_datalist(dataset, rel.dataset_dir, seed=3)
     cases = _all_cases(dl)
     ids = [c["case"] for c in cases]
@@ -54,10 +56,10 @@ def test_datalist_covers_release_once(tmp_path, dataset):
     json.dumps(dl)  # serialisable as is
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_labels_through_bundle_chain_match_ground_truth(tmp_path, dataset):
+@pytest.mark.parametrize("dataset, variant", VARIANTS)
+def test_labels_through_bundle_chain_match_ground_truth(tmp_path, dataset, variant):
     """The datalist + the bundles' shared chain (release label_threshold) give exactly the foreground."""
-    rel = make_release(dataset, tmp_path / "unpacked")
+    rel = make_release(dataset, tmp_path / "unpacked", **variant)
     dl = build_datalist(dataset, rel.dataset_dir)
     check_pairs(dl)
     chain = eval_transforms(in_channels=3, spatial_size=(32, 32), spatial_mode="crop", intensity="imagenet",
@@ -210,13 +212,13 @@ def test_two_releases_side_by_side_is_ambiguous(tmp_path):
 
 
 def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
-    rel = make_release("nkut", tmp_path / "n", n=4)
+    rel = make_release("tdd", tmp_path / "n", n=4, folders=True)
     Image.new("L", (10, 12)).save(rel.release_root / "masks" / "2.png")
-    dl = build_datalist("nkut", rel.dataset_dir)
+    dl = build_datalist("tdd", rel.dataset_dir)
     with pytest.raises(ValueError, match=r"case '2': mask '.*2\.png' is 10x12 \(WxH\) but image .* is 37x45"):
         check_pairs(dl)
     with pytest.raises(ValueError, match="case '2'"):  # ensure_datalist checks before writing
-        ensure_datalist("nkut", rel.dataset_dir, tmp_path / "dl.json")
+        ensure_datalist("tdd", rel.dataset_dir, tmp_path / "dl.json")
     assert not (tmp_path / "dl.json").exists()
     rel = make_release("busi", tmp_path / "b")
     Image.new("L", (5, 5)).save(rel.release_root / "benign" / "benign (1)_mask_1.png")
@@ -266,14 +268,14 @@ def test_tdd_custom_subfolders_and_the_error_naming_options_and_folders(tmp_path
 
 
 def test_ensure_datalist_is_idempotent_and_follows_dataset_dir(tmp_path):
-    rel = make_release("nkut", tmp_path / "r1", n=6)
+    rel = make_release("tdd", tmp_path / "r1", n=6, folders=True)
     out = tmp_path / "dl.json"
-    first = ensure_datalist("nkut", rel.dataset_dir, out, seed=0)
+    first = ensure_datalist("tdd", rel.dataset_dir, out, seed=0)
     stamp = out.stat().st_mtime_ns
-    assert ensure_datalist("nkut", rel.dataset_dir, out, seed=0) == first
+    assert ensure_datalist("tdd", rel.dataset_dir, out, seed=0) == first
     assert out.stat().st_mtime_ns == stamp  # untouched
-    rel2 = make_release("nkut", tmp_path / "r2", n=6)
-    second = ensure_datalist("nkut", rel2.dataset_dir, out, seed=0)
+    rel2 = make_release("tdd", tmp_path / "r2", n=6, folders=True)
+    second = ensure_datalist("tdd", rel2.dataset_dir, out, seed=0)
     assert second["dataset_dir"] == str(rel2.release_root.resolve())
     assert json.loads(out.read_text()) == second
 

@@ -94,3 +94,19 @@ def test_chunked_argmax_matches_argmax():
     labels = _chunked_argmax(logits)
     assert labels.dtype == torch.uint8 and labels.shape == (2, 1, 37, 11, 3)
     assert torch.equal(labels.long(), logits.argmax(1, keepdim=True))
+
+
+def test_slice_inferer_runs_a_2d_network_over_the_slices_of_a_volume():
+    from medurwkv_net.reliability import SafeSliceInferer
+
+    net = Recorder(2)
+    volume = torch.rand(1, 1, 40, 36, 7)
+    out = SafeSliceInferer([32, 32], spatial_dim=2, sw_batch_size=3, overlap=0.25)(volume, net)
+    assert out.shape == (1, 2, 40, 36, 7)
+    torch.testing.assert_close(out[:, 0], volume[:, 0] * 1.0, atol=1e-5, rtol=0)  # per-pixel map, stitched back
+    assert net.largest <= 3 * 32 * 32  # never more than sw_batch_size slices (windows) at once
+    with pytest.raises(ValueError, match=r"contains 1 NaN"):
+        volume[0, 0, 3, 3, 3] = float("nan")
+        SafeSliceInferer([32, 32])(volume, net)
+    with pytest.raises(ValueError, match=r"expected \[C, 3 spatial dims\]"):
+        SafeSliceInferer([32, 32])(torch.rand(1, 1, 1, 40, 36, 7), net)  # not a volume

@@ -381,3 +381,44 @@ def test_multi_file_image_channels(tmp_path):
     assert "t1b.nii.gz' does not exist" in str(rep.cases[1].errors)
     rep = verify_datalist([{"image": [t1, small], "label": seg}], num_classes=2, check_duplicates=False)
     assert "image files have different spatial shapes [(10, 12, 7), (10, 12, 8)]" in rep.summary()
+
+
+def test_each_list_checked_with_its_own_rank_and_declared_empty_labels(tmp_path):
+    """Slices (2D) and volumes (3D) in one datalist: a mapping of spatial_dims checks each list with its own
+    rank, and ``empty_labels_expected`` silences the empty-label warning only for the lists it names."""
+    flat = lab3d()[:, :, 0] * 0
+    lists = {
+        "slices": [{"image": nii(tmp_path / "s.nii.gz", vol()[:, :, 0]), "label": nii(tmp_path / "sl.nii.gz", flat)}],
+        "volumes": [{"image": nii(tmp_path / "v.nii.gz", vol()), "label": nii(tmp_path / "vl.nii.gz", lab3d() * 0)}],
+    }
+    rep = verify_datalist(lists, num_classes=2, spatial_dims={"slices": 2, "volumes": 3},
+                          empty_labels_expected=["slices"])
+    assert rep.ok, rep.summary()
+    assert [c.case_id for c in rep.warned] == ["volumes[0]"]  # the volume's empty label is still reported
+    summary = only(verify_datalist(lists, num_classes=2, spatial_dims=2), "dims")
+    assert "volumes[0]" in summary and "slices[0]" not in summary.split("ERROR", 1)[1]
+
+
+def test_datalist_declares_its_lists_ranks_for_the_cli_and_the_file_check(tmp_path, capsys):
+    from medurwkv_net.reliability import verify_datalist_file
+
+    dl = {"training": [{"image": "s.nii.gz", "label": "sl.nii.gz"}],
+          "test": [{"image": "v.nii.gz", "label": "vl.nii.gz"}],
+          "spatial_dims": {"training": 2, "test": 3}, "empty_labels_expected": ["training"]}
+    nii(tmp_path / "s.nii.gz", vol()[:, :, 0])
+    nii(tmp_path / "sl.nii.gz", mask(10, 12) * 0)
+    nii(tmp_path / "v.nii.gz", vol())
+    nii(tmp_path / "vl.nii.gz", lab3d())
+    (tmp_path / "datalist.json").write_text(json.dumps(dl))
+    assert verify_datalist_file(tmp_path / "datalist.json", tmp_path, num_classes=2, spatial_dims=2)
+    config = {"dataset_dir": str(tmp_path / "release"), "datalist_file": str(tmp_path / "datalist.json"),
+              "spatial_size": [32, 32]}
+    (tmp_path / "release").mkdir()
+    (tmp_path / "train.json").write_text(json.dumps(config))
+    verify_data_cli(str(tmp_path / "train.json"), num_classes=2)  # files beside the datalist are inside
+    out = capsys.readouterr().out
+    assert "0 with errors, 0 with warnings" in out, out
+    dl["spatial_dims"] = {"training": 2}  # the volumes then take the config's 2D
+    (tmp_path / "datalist.json").write_text(json.dumps(dl))
+    with pytest.raises(DataVerificationError, match=r"test\[0\].*\n.*dims: image has 3 spatial dimension"):
+        verify_datalist_file(tmp_path / "datalist.json", tmp_path, num_classes=2, spatial_dims=2)
