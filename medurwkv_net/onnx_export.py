@@ -12,8 +12,9 @@ and sizes whose padded patch grids differ from the example's, within 1e-4 of the
 The weights are stored once, inside the file, under their PyTorch names; the graph adds about 0.1 MB per
 VRWKV block. Weights over 1.8 GB go to ``<file>.data`` beside it (ONNX's protobuf limit is 2 GB).
 
-Export time (torch 2.13, CPU): about 150 s of CPU time for the default 2D model (VRWKV-T encoder, 14M
-parameters, 21 VRWKV blocks; 58 MB file for 56 MB of weights), about 55 s for the 5-block models of the tests;
+Export time (torch 2.13, 2 CPU cores): about 100 s for the default 2D model (VRWKV-T encoder, 14M parameters,
+21 VRWKV blocks; 58 MB file for 56 MB of weights) and for the default 3D one (66.5 MB for 63.8 MB), about 50 s
+for the 5-block models of the tests;
 most of it goes to ``torch.export`` and its decompositions and to the translation, and it grows with the number
 of blocks, not with the example's size. The exported graph is written without ``torch.onnx``'s optimisation
 pass (it took longer than the export itself; onnxruntime optimises the graph when it loads it). The
