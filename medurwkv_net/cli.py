@@ -26,6 +26,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "convert-weights": ("medurwkv_net.pretrained", "convert_weights",
                         "convert a released VRWKV checkpoint to .safetensors"),
     "hub-prepare": ("medurwkv_net.hub", "prepare_bundle_repo", "turn a bundle folder into a Hugging Face Hub repo"),
+    "export-onnx": ("medurwkv_net.onnx_export", "export_onnx_cli",
+                    "write a bundle's network and weights as ONNX (dynamic batch and spatial sizes)"),
     "verify-metadata": ("medurwkv_net.bundle.metadata", "verify_metadata",
                         "check a bundle's metadata.json against the shipped MONAI schema (offline)"),
 }
@@ -37,7 +39,7 @@ def usage() -> str:
     lines = [
         f"usage: {PROG} <command> [arguments]   (or: python -m medurwkv_net <command> ...)",
         "",
-        "Med-URWKV for MONAI: kernels, data preparation and checks, weights, Hub repositories.",
+        "Med-URWKV for MONAI: kernels, data preparation and checks, weights, export, Hub repositories.",
         "",
         "commands:",
     ]

@@ -1,4 +1,4 @@
-"""Exporting a Med-URWKV network: TorchScript (any input size).
+"""Exporting a Med-URWKV network: TorchScript (any input size); ONNX is :mod:`medurwkv_net.onnx_export`.
 
 TorchScript
     ``torch.jit.script(net)`` works for :class:`~medurwkv_net.MedURWKV` (2D and 3D), so MONAI's

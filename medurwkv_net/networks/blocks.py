@@ -18,6 +18,7 @@ from monai.networks.layers import DropPath
 from medurwkv_net.ops import bi_wkv
 
 __all__ = [
+    "exporting",
     "q_shift",
     "resize_pos_embed",
     "resize_grid_embed",
@@ -31,6 +32,22 @@ __all__ = [
     "tokens_to_grid",
     "grid_to_tokens",
 ]
+
+
+def exporting() -> bool:
+    """True while ``torch.export`` (and so ``torch.onnx.export(..., dynamo=True)``) traces the model.
+
+    Shape code takes the branch that is valid for every input size then (e.g. pad even by 0), so that no
+    Python decision on a symbolic size is baked into the exported graph. False when scripted or eager.
+    """
+    if torch.jit.is_scripting():
+        return False
+    return _exporting_eager()
+
+
+@torch.jit.unused
+def _exporting_eager() -> bool:
+    return torch.compiler.is_exporting()
 
 
 def _shift_along(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
@@ -102,7 +119,7 @@ def resize_grid_embed(pos_embed: torch.Tensor, src: List[int], dst: List[int], m
         raise ValueError(
             f"pos_embed of shape {shape_str(pos_embed)} does not match a grid of {src} (expected [1, {n}, C])."
         )
-    if src == dst:
+    if not exporting() and src == dst:  # exported: always resized (the identity at the stored grid)
         return pos_embed
     c = pos_embed.shape[-1]
     nd = len(src)
@@ -119,7 +136,7 @@ def tokens_to_grid(x: torch.Tensor, grid: List[int]) -> torch.Tensor:
 
 def grid_to_tokens(x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
     """Channel-first ``[B, C, *grid]`` tensor to ``([B, T, C], grid)``."""
-    grid = [int(s) for s in x.shape[2:]]
+    grid = [s for s in x.shape[2:]]  # no int(): sizes stay symbolic while exporting
     return x.flatten(2).transpose(1, 2), grid
 
 
@@ -147,8 +164,8 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         pads: List[int] = []
         for i in range(x.dim() - 1, 1, -1):  # last spatial axis first, as F.pad expects
-            pads += [0, (p - int(x.shape[i]) % p) % p]
-        if sum(pads) > 0:
+            pads += [0, (p - x.shape[i] % p) % p]
+        if exporting() or sum(pads) > 0:
             x = F.pad(x, pads)
         return grid_to_tokens(self.projection(x))
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock, shape_str
+from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock, exporting, shape_str
 from .vrwkv import VRWKV_VARIANTS, _checkpointed, create_vrwkv
 
 __all__ = ["MedURWKV", "check_finite_input"]
@@ -362,9 +362,10 @@ class MedURWKV(nn.Module):
         """
         x = _plain_tensor(x)
         self._check_input(x)
-        h, w = int(x.shape[2]), int(x.shape[3])
-        ph, pw = (32 - h % 32) % 32, (32 - w % 32) % 32
-        if ph or pw:
+        h, w = x.shape[2], x.shape[3]
+        # padded sizes written as multiples of 32, so that an exported graph knows the patch grids are even
+        ph, pw = (h + 31) // 32 * 32 - h, (w + 31) // 32 * 32 - w
+        if exporting() or ph > 0 or pw > 0:
             x = F.pad(x, [0, pw, 0, ph])
         y = self._segment(x)
         return y[:, :, :h, :w]

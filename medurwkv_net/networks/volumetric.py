@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import grid_to_tokens, shape_str
+from .blocks import exporting, grid_to_tokens, shape_str
 from .medurwkv import MedURWKV, _check_unet_args, _plain_tensor
 from .vrwkv import VRWKV, VRWKV_VARIANTS
 
@@ -74,8 +74,8 @@ class VolumePatchEmbed(nn.Module):
         pads: List[int] = []
         for i in range(2, -1, -1):
             p = self.patch_size[i]
-            pads += [0, (p - int(x.shape[2 + i]) % p) % p]
-        if sum(pads) > 0:
+            pads += [0, (p - x.shape[2 + i] % p) % p]
+        if exporting() or sum(pads) > 0:
             x = F.pad(x, pads)
         return grid_to_tokens(self.projection(x))
 
@@ -294,12 +294,12 @@ class MedURWKV3D(MedURWKV):
         """
         x = _plain_tensor(x)
         self._check_input(x)
-        size = [int(s) for s in x.shape[2:]]
+        size = [s for s in x.shape[2:]]  # no int(): sizes stay symbolic while exporting
         pads: List[int] = []
         for i in range(2, -1, -1):
             m = self.pad_multiple[i]
-            pads += [0, (m - size[i] % m) % m]
-        if sum(pads) > 0:
+            pads += [0, (size[i] + m - 1) // m * m - size[i]]  # a multiple of m, also to an exported graph
+        if exporting() or sum(pads) > 0:
             x = F.pad(x, pads)
         y = self._segment(x)
         return y[:, :, : size[0], : size[1], : size[2]]

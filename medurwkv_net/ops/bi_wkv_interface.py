@@ -12,7 +12,8 @@ Backends, all computing that function:
 - ``"cpu"``: C++ kernel (``medurwkv_net/csrc/bi_wkv_cpu.cpp``), float32/float64, O(T), parallel over B*C.
 - ``"cuda"``: CUDA kernel (``medurwkv_net/csrc/bi_wkv_cuda.cu``), float32/float16/bfloat16/float64, O(T).
 - ``"torch"``: linear-time pure PyTorch (:func:`bi_wkv_torch`); used for TorchScript, tracing,
-  ``torch.export`` and ONNX export, and as the fallback when a kernel cannot be built.
+  ``torch.export`` and ONNX export (``torch.export`` and the dynamo ONNX exporter get its loop-free form,
+  valid for every sequence length), and as the fallback when a kernel cannot be built.
 - ``"ref"``: the O(T^2) definition (:func:`bi_wkv_ref`).
 - ``"auto"`` (default): the kernel for the tensors' device; if it cannot be built, or the GPU has no
   image of it (a compute capability the build did not target), warn once (naming the reason, the
@@ -343,7 +344,9 @@ def _kernel(name: str, w, u, k, v) -> torch.Tensor:
 @torch.jit.unused
 def _bi_wkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     check_inputs(w, u, k, v)
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+    if torch.compiler.is_exporting():  # torch.export / dynamo ONNX: a graph valid for every T
+        return bi_wkv_torch(w, u, k, v, loop_free=True)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return bi_wkv_torch(w, u, k, v)
     explicit = isinstance(backend, str) and backend.lower() != "auto"
     name = resolve_backend(backend, k.device)

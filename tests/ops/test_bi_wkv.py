@@ -317,20 +317,40 @@ def test_torchscript_and_trace_use_linear_path():
     assert rel(traced(w, u, k, v), ref) < 1e-5
 
 
-def test_onnx_export_runs_in_onnxruntime(tmp_path):
+def test_onnx_export_runs_in_onnxruntime_at_any_length(tmp_path):
+    """Exported with a dynamic batch and length (the loop-free form), one file runs at other lengths and batches."""
     ort = pytest.importorskip("onnxruntime")  # a declared test dependency; present in CI
 
     class Mix(torch.nn.Module):
         def forward(self, w, u, k, v):
             return bi_wkv(w, u, k, v)
 
-    w, u, k, v = make_inputs(1, 45, 4, dtype=torch.float32, seed=11)
+    args = make_inputs(2, 45, 4, dtype=torch.float32, seed=11)
     path = tmp_path / "bi_wkv.onnx"
-    torch.onnx.export(Mix(), (w, u, k, v), str(path), opset_version=17, dynamo=True)
+    dyn = {0: "batch", 1: "tokens"}
+    torch.onnx.export(Mix(), tuple(args), str(path), opset_version=18, dynamo=True,
+                      dynamic_shapes=(None, None, dyn, dyn))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), (w, u, k, v))}
-    (y,) = sess.run(None, feeds)
-    assert rel(torch.from_numpy(y), bi_wkv_ref(*(x.double() for x in (w, u, k, v)))) < 1e-5
+    for b, t in [(2, 45), (1, 1), (3, 64), (1, 200)]:  # 200 tokens: four chunks, where 45 had one
+        w, u, k, v = make_inputs(b, t, 4, dtype=torch.float32, seed=t)
+        (y,) = sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), (w, u, k, v))})
+        assert rel(torch.from_numpy(y), bi_wkv_ref(*(x.double() for x in (w, u, k, v)))) < 1e-5, (b, t)
+
+
+@pytest.mark.parametrize("T", [1, 5, 63, 64, 65, 200])
+def test_torch_path_loop_free_matches_reference_and_loop(T):
+    w, u, k, v = make_inputs(2, T, 3, seed=13 + T)
+    ref = bi_wkv_ref(w, u, k, v)
+    for chunk in (7, 64):
+        assert rel(bi_wkv_torch(w, u, k, v, chunk=chunk, loop_free=True), ref) < 1e-11
+    assert rel(bi_wkv_torch(*(x.float() for x in (w, u, k, v)), loop_free=True), ref) < 1e-5
+    w, u, k, v = (x.clone().requires_grad_() for x in (w * 40, u, k, v))  # also a strong decay: |w T| up to 200
+    grads = []
+    for loop_free in (False, True):  # gradients (float64: dw of a short sequence is ill-conditioned in float32)
+        y = bi_wkv_torch(w, u, k, v, loop_free=loop_free)
+        grads.append(torch.autograd.grad((y * torch.cos(y)).sum(), (w, u, k, v)))
+    for a, b in zip(*grads):
+        assert rel(b, a) < 1e-7
 
 
 def test_torch_path_chunk_sizes_agree():
