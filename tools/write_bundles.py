@@ -377,6 +377,10 @@ def _inference_cfg(template: Path, name: str, d: dict) -> dict:
          "output_ext": ".png", "output_dtype": "$numpy.uint8", "writer": "PILWriter", "scale": 255,
          "resample": False, "separate_folder": False},
     ] + cfg["postprocessing"]["transforms"][-2:]  # the template's label for clients: [H, W] class indices, uint8
+    # MONAI Label writes the label in the input's format unless the request names another: a JPG label (Kvasir-SEG's
+    # and ISIC's photos are JPG) is lossy and holds values that are no class. Its monaibundle app adds a bundle's
+    # displayable_configs to every inference request (and shows them among the client's options).
+    cfg["displayable_configs"] = {"result_extension": ".png"}
     return cfg
 
 

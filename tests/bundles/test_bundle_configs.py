@@ -47,6 +47,37 @@ def test_transforms_are_declared_monai_classes(name):
     assert "test" not in train  # training never scores the test split
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_train_handlers_are_config_dicts(tmp_path, name):
+    """MONAI Label's trainer reads ``t.get("_target_")`` of every train#handlers entry when the bundle has
+    ``models/model.pt`` (to add its CheckpointLoader): a reference string there fails every training after
+    the first. The lock handler follows ``run_lock``'s settings."""
+    train = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())
+    handlers = train["train"]["handlers"]
+    assert [h for h in handlers if not (isinstance(h, dict) and "_target_" in h)] == [], name
+    locks = [i for i, h in enumerate(handlers) if h["_target_"] == "medurwkv_net.reliability.RunLock"]
+    if "run_lock" not in train:
+        assert locks == [], name
+        return
+    assert locks == [0], name  # first: a second training of the same folder stops before the others attach
+    parser = ConfigParser(train)
+    parser["bundle_root"] = str(tmp_path)
+    parser["run_lock#enabled"] = False
+    lock = parser.get_parsed_content("train#handlers#0")
+    assert lock.folder == tmp_path / "models" and lock.enabled is False, (name, lock.folder, lock.enabled)
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_monai_label_writes_photo_labels_as_png(name):
+    """MONAI Label's monaibundle app adds inference.json's ``displayable_configs`` to each inference request;
+    without ``result_extension`` it writes the label in the input's format, and a JPG label is lossy. The
+    volume bundles keep the input's format (NIfTI)."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "inference.json"))
+    options = parser.get_parsed_content("displayable_configs") if "displayable_configs" in parser else {}
+    assert options == ({"result_extension": ".png"} if name in PHOTO else {}), (name, options)
+
+
 def _workflow(bundle: Path, config, workflow_type: str = "train", **override) -> ConfigWorkflow:
     return ConfigWorkflow(config_file=config, workflow_type=workflow_type, **override)
 
