@@ -71,13 +71,7 @@ def train_one(name: str, network_def, budget_s: float, dataset_dir: str, work: P
     steps = [b - a for a, b in zip(times[1:], times[2:])]
     net = wf.parser.get_parsed_content("network")
     wf.finalize()
-    configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")]
-    ev = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=str(bundle / "configs" / "logging.conf"),
-                        **overrides)
-    ev.initialize()
-    ev.run()
-    test = ev.parser.get_parsed_content("validate#evaluator").state.metrics
-    ev.finalize()
+    test = evaluate_one(bundle, overrides)
     return {
         "network": name,
         "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
@@ -90,6 +84,20 @@ def train_one(name: str, network_def, budget_s: float, dataset_dir: str, work: P
         "validation_curve": {k: [round(float(v), 4) for v in series[1]] for k, series in validation.items()
                              if k.startswith("val_mean_dice")},
     }
+
+
+def evaluate_one(bundle: Path, overrides: dict) -> dict:
+    """Run the bundle's evaluate.json (best checkpoint in ``overrides["ckpt_dir"]``); return the test metrics."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")]
+    ev = ConfigWorkflow(config_file=configs, workflow_type=None, logging_file=str(bundle / "configs" / "logging.conf"),
+                        **overrides)
+    ev.initialize()
+    ev.run()
+    test = dict(ev.parser.get_parsed_content("validate#evaluator").state.metrics)
+    ev.finalize()
+    return test
 
 
 def run(bundle: Path, networks: dict, prepare: Callable[[str], object], tag: str, description: str) -> None:

@@ -26,6 +26,9 @@ BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" 
 PHOTO = ["medurwkv_busi", "medurwkv_glas", "medurwkv_isic2017", "medurwkv_isic2018", "medurwkv_kvasir",
          "medurwkv_tdd"]
 NO_HUB = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+# the demo's MRI augmentations, in chain order (bias field, gamma, low resolution, blur, noise after an affine)
+MRI_AUGMENTATIONS = ["RandAffined", "RandBiasFieldd", "RandAdjustContrastd", "RandSimulateLowResolutiond",
+                     "RandGaussianSmoothd", "RandGaussianNoised"]
 
 
 def test_all_bundles_are_checked():
@@ -88,14 +91,17 @@ def test_command_line_overrides_change_the_training_chain(tmp_path):
     default = _workflow(bundle, train).parser.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in default.transforms]
     assert names[:4] == ["LoadImaged", "EnsureChannelFirstd", "ScaleIntensityd", "EnsureTyped"]
-    assert names[4:] == ["SpatialPadd", "RandSpatialCropSamplesd", "RandFlipd", "RandScaleIntensityd", "EnsureTyped"]
-    assert default.transforms[6].prob == 0.5
+    assert names[4:] == ["SpatialPadd", "RandSpatialCropSamplesd", "RandFlipd", *MRI_AUGMENTATIONS, "ScaleIntensityd",
+                         "EnsureTyped"]
+    assert default.transforms[6].prob == 0.5 and default.transforms[8].prob == 0.5
 
     # what `python -m monai.bundle run training --config_file configs/train.json --train#...` passes on
     changed = _workflow(bundle, train, **{"train#random_transforms#2#prob": 0.2,
-                                         "train#random_transforms#3#factors": 0.3})
+                                         "train#random_transforms#4#prob": 0.9,
+                                         "train#random_transforms#4#coeff_range": [-0.2, 0.2]})
     chain = changed.parser.get_parsed_content("train#preprocessing")
-    assert chain.transforms[6].prob == 0.2 and chain.transforms[7].scaler.factors == (-0.3, 0.3)
+    assert chain.transforms[6].prob == 0.2
+    assert chain.transforms[8].prob == 0.9 and tuple(chain.transforms[8].rand_bias_field.coeff_range) == (-0.2, 0.2)
     no_aug = _workflow(bundle, train, **{"train#preprocessing#transforms": "$@train#deterministic_transforms"})
     assert [type(t).__name__ for t in no_aug.parser.get_parsed_content("train#preprocessing").transforms] == names[:4]
 
@@ -109,36 +115,46 @@ def test_command_line_overrides_change_the_training_chain(tmp_path):
     assert "['LoadImaged', 'EnsureChannelFirstd']" in proc.stdout
 
 
-def test_demo_chain_is_the_recipe_it_replaced(tmp_path):
-    """The JSON chain of the demo gives the same tensors as the Python recipe with the demo's options."""
+def test_demo_chain_simulates_what_real_mr_images_do(tmp_path):
+    """Each MRI augmentation of the demo, forced on (probability 1 from an override), changes the image and
+    never the label, and the chain hands the network a [0, 1] image (rescaled after the intensity changes,
+    as evaluation rescales a degraded input)."""
     import nibabel as nib
 
-    from medurwkv_net.bundle import train_transforms
-
     rng = np.random.default_rng(0)
-    img = (rng.random((40, 44)) * 200).astype(np.float32)
+    yy, xx = np.mgrid[:40, :44]
+    img = (100 + 80 * ((yy - 20) ** 2 + (xx - 22) ** 2 < 150) + rng.random((40, 44)) * 20).astype(np.float32)
     lab = rng.integers(0, 3, (40, 44)).astype(np.uint8)
     nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "img.nii.gz")
     nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "lab.nii.gz")
     item = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
     bundle = REPO / "bundles" / "medurwkv_mni152_tissue"
-    outputs = []
-    for make in ("json", "python"):
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    random_ids = [t["_target_"] for t in train["train"]["random_transforms"]]
+    off = {f"train#random_transforms#{i}#prob": 0.0 for i, t in enumerate(random_ids) if t.startswith("Rand")
+           and t not in ("RandSpatialCropSamplesd",)}
+
+    def run(**override):
+        parser = ConfigParser(json.loads(json.dumps(train)))
+        parser["spatial_size"] = [40, 44]
+        for k, v in {**off, **override}.items():
+            parser[k] = v
         set_determinism(seed=0)
-        if make == "json":
-            parser = ConfigParser()
-            parser.read_config(str(bundle / "configs" / "train.json"))
-            parser["spatial_size"] = [32, 32]
-            chain = parser.get_parsed_content("train#preprocessing")
+        out = parser.get_parsed_content("train#preprocessing")(dict(item))[0]
+        set_determinism(None)
+        return torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+
+    base_img, base_lab = run()
+    assert float(base_img.min()) == 0.0 and float(base_img.max()) == 1.0
+    for name in MRI_AUGMENTATIONS:
+        i = random_ids.index(name)
+        image, label = run(**{f"train#random_transforms#{i}#prob": 1.0})
+        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0 + 1e-6, name
+        assert (image - base_img).abs().max() > 1e-3, f"{name} at probability 1 left the image unchanged"
+        if name == "RandAffined":
+            assert not torch.equal(label, base_lab), "the affine moves the label with the image"
         else:
-            chain = train_transforms(1, [32, 32], num_samples=1, flip_axes=[0], rotate90=False,
-                                     intensity_scale=0.15, intensity_shift=0.0)
-        outputs.append([chain(dict(item)) for _ in range(6)])
-    set_determinism(None)
-    for a, b in zip(*outputs):
-        a, b = a[0], b[0]  # one crop per call
-        torch.testing.assert_close(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
-        torch.testing.assert_close(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
+            assert torch.equal(label, base_lab), f"{name} changed the label"
 
 
 @pytest.mark.parametrize("name", BUNDLES)
