@@ -254,7 +254,7 @@ def export_onnx_cli(
 
     from monai.bundle import ConfigParser
 
-    from medurwkv_net.reliability.weights import safe_load_weights
+    from medurwkv_net.core.weights import safe_load_weights
 
     parser = ConfigParser()
     parser.read_config(config_file)

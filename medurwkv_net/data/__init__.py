@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from medurwkv_net.reliability import errors as _errors
+from medurwkv_net.core import errors as _errors
 
 from .releases import (
     DEFAULT_FRACTIONS,

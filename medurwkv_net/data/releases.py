@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from medurwkv_net.reliability.atomic import atomic_write_json
+from medurwkv_net.core.atomic import atomic_write_json
 
 __all__ = [
     "RELEASES",
@@ -551,19 +551,6 @@ def write_datalist(datalist: dict, output) -> Path:
     return atomic_write_json(output, datalist, indent=2)
 
 
-def _decode(path: str):
-    """Decode one file completely (strictly: a truncated file is an error) -> (channel-first array, (W, H))."""
-    import numpy as np
-
-    from medurwkv_net.reliability.verify_data import read_array
-
-    arr, meta = read_array(path)
-    cdim = meta.get("original_channel_dim")
-    has_channel = isinstance(cdim, int) and not isinstance(cdim, bool)
-    arr = np.moveaxis(arr, cdim, 0) if has_channel else arr[None]
-    return arr, tuple(int(x) for x in arr.shape[1:])
-
-
 def check_cases(datalist: dict, max_problems: int = 10) -> dict:
     """Decode every image and mask of every split, so that a bad release fails before training with the
     files named: unreadable (truncated, corrupt) files, masks whose size differs from their image (all masks
@@ -573,7 +560,8 @@ def check_cases(datalist: dict, max_problems: int = 10) -> dict:
     Raises:
         ValueError: listing up to ``max_problems`` problems, each with its split, case and file.
     """
-    from medurwkv_net.data.transforms import mask_foreground
+    from .pairs import LabelPart, check_pair
+    from .readers import load_file
 
     name = datalist.get("dataset", "")
     threshold = datalist.get("label_threshold")
@@ -585,30 +573,23 @@ def check_cases(datalist: dict, max_problems: int = 10) -> dict:
         for case in cases:
             where = f"{name} {key} case '{case['case']}'"
             try:
-                _, size = _decode(case["image"])
+                image = load_file(case["image"])
             except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
                 problems.append(f"{where}: image '{case['image']}' cannot be read (truncated or corrupt?): "
-                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                                f"{_first_line(e)}")
                 continue
-            fg_any = False
+            parts = []
             for lab in case["label"] if isinstance(case["label"], list) else [case["label"]]:
                 try:
-                    arr, msize = _decode(lab)
+                    parts.append(LabelPart(load_file(lab), f"mask '{lab}'", str(lab)))
                 except Exception as e:
-                    problems.append(f"{where}: mask '{lab}' cannot be read (truncated or corrupt?): "
-                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-                    break
-                if msize != size:
-                    problems.append(f"{where}: mask '{lab}' is {msize[0]}x{msize[1]} (WxH) but image "
-                                    f"'{case['image']}' is {size[0]}x{size[1]}")
-                    break
-                try:
-                    fg_any = fg_any or bool(mask_foreground(arr, threshold, source=lab).any())
-                except ValueError as e:
-                    problems.append(f"{where}: {e}")
+                    problems.append(f"{where}: mask '{lab}' cannot be read (truncated or corrupt?): {_first_line(e)}")
                     break
             else:
-                if not fg_any:
+                pair = check_pair(image, parts, mask=True, threshold=threshold, image_what=f"image '{case['image']}'")
+                if pair.errors:
+                    problems.append(f"{where}: {pair.errors[0][1]}")
+                elif not pair.foreground:
                     report[key]["empty_masks"].append(case["case"])
     if problems:
         more = f"\n... and {len(problems) - max_problems} more" if len(problems) > max_problems else ""
@@ -619,6 +600,11 @@ def check_cases(datalist: dict, max_problems: int = 10) -> dict:
 
 
 check_pairs = check_cases  # the former name
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def _ensure(dataset: str, dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS,

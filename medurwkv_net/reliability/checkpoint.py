@@ -29,8 +29,8 @@ from ignite.handlers import Checkpoint
 from .atomic import TMP_SUFFIX, AtomicDiskSaver
 from .best_model import non_finite_parameters
 from .data_rng import capture_data_rng, restore_data_rng
-from .errors import CheckpointError, CorruptWeightsError, UnsafeWeightsError
-from .weights import safe_torch_load
+from medurwkv_net.core.errors import CheckpointError, CorruptWeightsError, UnsafeWeightsError
+from medurwkv_net.core.weights import safe_torch_load
 
 __all__ = [
     "ResumableCheckpoint",

@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-from .weights import safe_load_weights
+from medurwkv_net.core.weights import safe_load_weights
 
 __all__ = ["SafeCheckpointLoader", "non_finite_entries"]
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medurwkv_net.reliability.atomic import atomic_write_bytes, atomic_write_json
-from medurwkv_net.reliability.errors import DatasetError
+from medurwkv_net.core.atomic import atomic_write_bytes, atomic_write_json
+from medurwkv_net.core.errors import DatasetError
 
 from ..releases import DEFAULT_FRACTIONS, _check_fractions, seeded_split
 from .labels import CLASS_NAMES, load_volume, read_label_map

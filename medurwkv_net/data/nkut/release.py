@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medurwkv_net.reliability.errors import DatasetError
+from medurwkv_net.core.errors import DatasetError
 
 from ..releases import _check_dir, _child, _listing, _locate
 

@@ -19,7 +19,7 @@ PROG = "medurwkv-net"
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "build-ext": ("medurwkv_net.ops.build", "build_ext", "build the Bi-WKV C++/CUDA kernels now (--clean: rebuild)"),
     "prepare-data": ("medurwkv_net.data", "prepare_data_cli", "write the datalist of an unpacked public dataset"),
-    "verify-data": ("medurwkv_net.reliability.verify_data", "verify_data_cli",
+    "verify-data": ("medurwkv_net.cli.verify_data", "verify_data_cli",
                     "check every image/label pair a bundle config reads"),
     "prepare-demo": ("medurwkv_net.data.mni152", "prepare", "write the 2D demo dataset (MNI152 slices)"),
     "prepare-demo-3d": ("medurwkv_net.data.mni152_volume", "prepare", "write the 3D demo dataset (MNI152 slabs)"),
