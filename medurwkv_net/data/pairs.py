@@ -1,4 +1,4 @@
-"""The image/label pair check shared by ``prepare-data`` (:func:`medurwkv_net.data.releases.check_cases`) and
+"""The image/label pair check shared by ``prepare-data`` (:func:`medurwkv_net.data.splits.check_cases`) and
 ``verify-data`` (:mod:`medurwkv_net.reliability.verify_cases`).
 
 A pair is an image and one or more label files (several masks of one case are united). It is sound when every

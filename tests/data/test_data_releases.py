@@ -22,9 +22,9 @@ from medurwkv_net.data import (  # noqa: E402
     check_pairs,
     ensure_datalist,
     get_release,
-    prepare_data_cli,
     seeded_split,
 )
+from medurwkv_net.cli.prepare_data import prepare_data_cli  # noqa: E402
 
 DATASETS = sorted(MAKERS)
 # every release as it unpacks, and the TDD copy laid out as images/ + masks/ (with a 16-bit image and mask)
@@ -216,7 +216,7 @@ def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
     Image.new("L", (10, 12)).save(rel.release_root / "masks" / "2.png")
     dl = build_datalist("tdd", rel.dataset_dir)
     with pytest.raises(ValueError,
-                       match=r"case '2': image '.*' spatial shape \(37, 45\) != mask '.*2\.png' spatial shape \(10, 12\)"):
+                       match=r"case '2': image .* spatial shape \(37, 45\) != mask '.*2\.png' spatial shape \(10, 12\)"):
         check_pairs(dl)
     with pytest.raises(ValueError, match="case '2'"):  # ensure_datalist checks before writing
         ensure_datalist("tdd", rel.dataset_dir, tmp_path / "dl.json")
