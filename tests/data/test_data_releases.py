@@ -216,7 +216,7 @@ def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
     Image.new("L", (10, 12)).save(rel.release_root / "masks" / "2.png")
     dl = build_datalist("tdd", rel.dataset_dir)
     with pytest.raises(ValueError,
-                       match=r"case '2': image .* spatial shape \(37, 45\) != mask '.*2\.png' spatial shape \(10, 12\)"):
+                       match=r"case '2': image .* shape \(37, 45\) != mask '.*2\.png' spatial shape \(10, 12\)"):
         check_pairs(dl)
     with pytest.raises(ValueError, match="case '2'"):  # ensure_datalist checks before writing
         ensure_datalist("tdd", rel.dataset_dir, tmp_path / "dl.json")
