@@ -79,6 +79,7 @@ class AtomicDiskSaver(DiskSaver):
         self._pending_removal: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Save ``checkpoint`` under ``filename`` (or the fixed file name) atomically."""
         super().__call__(checkpoint, self.filename or filename, metadata)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
