@@ -24,10 +24,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("ops", "core"),  # the Bi-WKV op (torch only); errors, atomic writes, safe weight files
     ("networks",),  # VRWKV, Med-URWKV and their blocks: no file or network I/O
-    ("pretrained", "export"),  # state-dict work (filter, resize, inflate, fetch); TorchScript export
+    ("pretrained", "export", "onnx_export"),  # state-dict work (filter, resize, inflate, fetch); export
     ("data",),  # readers of the releases, datalists, the mask/image conversions, the pair check
     ("reliability",),  # verification, checkpoints, guards, inferers (may import data, never the reverse)
-    ("bundle", "hub", "onnx_export"),  # what knows bundle configs and their ids
+    ("bundle", "hub"),  # what knows bundle configs and their ids
     ("cli",),  # the command line: the commands and their printing
     ("__main__",),  # ``python -m medurwkv_net``: calls the command line
 )
