@@ -121,9 +121,10 @@ def collect_imports(package_dir: Path, package: str) -> Tuple[List[str], List[Im
                         anchor_pkg = anchor or importer
                         name = _base_of(anchor_pkg, True, level, name.lstrip(".") or None)
                     targets = [name]
+            line = getattr(node, "lineno", 0)
             for target in targets:
                 if target == package or target.startswith(package + "."):
-                    out.append(Import(path, node.lineno, importer, _known_module(target, known)))
+                    out.append(Import(path, line, importer, _known_module(target, known)))
     unique = {(i.file, i.line, i.imported): i for i in out}
     return modules, sorted(unique.values(), key=lambda i: (str(i.file), i.line, i.imported))
 

@@ -61,6 +61,7 @@ def _from_meta(meta: Mapping) -> tuple[int | None, int | None, dict | None]:
 
 def _find_target(node: Any, suffix: str, path: str = "") -> str | None:
     """The config id of the first entry whose ``_target_`` ends with ``suffix``."""
+    items: Any
     if isinstance(node, Mapping):
         if str(node.get("_target_", "")).endswith(suffix):
             return path

@@ -67,7 +67,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _errno_of(e: BaseException) -> int | None:
+def _errno_of(err: BaseException) -> int | None:
+    e: BaseException | None = err
     seen = 0
     while e is not None and seen < 8:
         if isinstance(e, OSError) and e.errno is not None:

@@ -3,6 +3,7 @@
 They live in the lowest room (``core``) so that every room can raise them; :mod:`medurwkv_net.reliability`
 re-exports them under their former names.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,7 @@ def install_error_hook() -> None:
         sys.stderr.write(f"error: {found}\n(set MEDURWKV_DEBUG=1 to see the traceback)\n")
         sys.stderr.flush()
 
-    hook._medurwkv_user_errors = True
+    hook._medurwkv_user_errors = True  # type: ignore[attr-defined]
     sys.excepthook = hook
 
 

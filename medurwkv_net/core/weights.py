@@ -4,6 +4,7 @@ Every failure names the file; a sha256 mismatch names both hashes. Nothing here 
 arbitrary objects: ``.safetensors`` files go through :mod:`safetensors`, everything else through
 ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,8 +95,14 @@ def _foreign_globals(path: Path, kind: str) -> list[str]:
 def _reason(e: BaseException) -> str:
     """The specific line of an exception message, without torch's generic advice (which suggests
     ``weights_only=False``, the one thing not to do with a file that was refused)."""
-    skip = ("weights_only", "weights only load failed", "check the documentation", "please file an issue",
-            "do it only if", "in pytorch 2.6")
+    skip = (
+        "weights_only",
+        "weights only load failed",
+        "check the documentation",
+        "please file an issue",
+        "do it only if",
+        "in pytorch 2.6",
+    )
     lines = [ln.strip(" :") for ln in str(e).splitlines()]
     lines = [ln for ln in lines if ln and not any(k in ln.lower() for k in skip)]
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -153,9 +160,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", what: st
         ) from e
 
 
-def safe_load_weights(
-    path: str | os.PathLike, expected_sha256: str | None = None, map_location: Any = "cpu"
-) -> Any:
+def safe_load_weights(path: str | os.PathLike, expected_sha256: str | None = None, map_location: Any = "cpu") -> Any:
     """Load a weight file safely: optional sha256 check first, then safetensors or ``weights_only`` torch.load.
 
     Returns the loaded object (a state dict or a container of tensors). Raises

@@ -98,7 +98,7 @@ class TrainingProgress:
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 v = v.item()
             if isinstance(v, numbers.Number) and not isinstance(v, bool):
-                values[str(k)] = float(v)
+                values[str(k)] = float(v)  # type: ignore[arg-type]
         entry = self.history.setdefault(int(epoch), {"epoch": int(epoch), "iteration": int(iteration), "metrics": {}})
         entry["iteration"] = int(iteration)
         entry["metrics"].update(values)

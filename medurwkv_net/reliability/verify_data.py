@@ -137,7 +137,7 @@ def verify_datalist(
         chans,
         float(affine_atol),
         bool(check_duplicates),
-        None if spatial_dims is None or dims_of is not None else int(spatial_dims),
+        None if spatial_dims is None or isinstance(spatial_dims, Mapping) else int(spatial_dims),
         dataset_roots(dataset_dir),
         convert_to,
         bool(eight_bit),
@@ -308,7 +308,7 @@ def missing_class_warnings(
         if not cases:
             continue
         for value in range(1, num_classes):
-            if any(value in c.label_classes for c in cases):
+            if any(value in (c.label_classes or ()) for c in cases):
                 continue
             name = f" ('{class_names[value]}')" if class_names and value < len(class_names) else ""
             shown = ", ".join(f"{c.case_id} {describe(c.label)}" for c in cases[:max_cases])
