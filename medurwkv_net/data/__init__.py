@@ -1,7 +1,8 @@
 """Readers of the public dataset releases, datalist building, and the transforms that turn the
 releases' masks into labels (:class:`LoadMaskd`) and images into the network's channels.
 
-CLI: ``python -m medurwkv_net prepare-data DATASET DATASET_DIR [--output datalist.json] [--seed 0]``.
+Command: ``medurwkv-net prepare-data DATASET DATASET_DIR [--output datalist.json] [--seed 0]``
+(:mod:`medurwkv_net.cli.prepare_data`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,12 @@ import json
 import logging
 from pathlib import Path
 
-from medurwkv_net.reliability import errors as _errors
+from medurwkv_net.core import errors as _errors
 
 from .releases import (
-    DEFAULT_FRACTIONS,
     RELEASES,
     Release,
     ReleaseSpec,
-    _ensure,
-    build_datalist,
-    check_cases,
-    check_pairs,
-    ensure_datalist,
     get_release,
     read_busi,
     read_glas,
@@ -30,6 +25,14 @@ from .releases import (
     read_kvasir,
     read_release,
     read_tdd,
+)
+from .splits import (
+    DEFAULT_FRACTIONS,
+    build_datalist,
+    check_cases,
+    check_pairs,
+    ensure_datalist,
+    ensure_with_report,
     seeded_split,
     write_datalist,
 )
@@ -42,12 +45,12 @@ __all__ = [
     "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",
     "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
     "read_kvasir", "read_release", "read_tdd", "seeded_split", "write_datalist",
-    "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "prepare_data_cli",
+    "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "describe_datalist",
     "prepare_datalist", "split_images",
 ]
 
 
-def _reader_kwargs(dataset: str, image_dir=None, mask_dir=None, include_normal=None) -> dict:
+def reader_kwargs(dataset: str, image_dir=None, mask_dir=None, include_normal=None) -> dict:
     """The reader options that were given, checked against the dataset they apply to."""
     name = get_release(dataset).name
     kwargs = {k: v for k, v in (("image_dir", image_dir), ("mask_dir", mask_dir)) if v is not None}
@@ -72,38 +75,42 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
     sub-folders for the images/ + masks/ layout (tdd) and the images/ + labels/ layout (nkut, whose
     preparation, :func:`medurwkv_net.data.nkut.prepare`, also writes slices beside ``output``);
     ``include_normal`` adds BUSI's normal cases. Mask and image sizes are checked before anything is written."""
-    if _is_nkut(dataset):
+    if is_nkut(dataset):
         from . import nkut
 
-        _nkut_options(include_normal)
+        check_nkut_options(include_normal)
         return nkut.prepare(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
                             label_dir=mask_dir)
     try:
-        kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
-        datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
+        kwargs = reader_kwargs(dataset, image_dir, mask_dir, include_normal)
+        datalist, report = ensure_with_report(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
     except (ValueError, OSError, KeyError) as e:
-        raise _as_dataset_error(e) from e
-    logging.getLogger(__name__).info(_describe(datalist, report, Path(output).resolve()))
+        raise as_dataset_error(e) from e
+    logging.getLogger(__name__).info(describe_datalist(datalist, report, Path(output).resolve()))
     return str(Path(output).resolve())
 
 
-def _is_nkut(dataset) -> bool:
+def is_nkut(dataset) -> bool:
+    """True when ``dataset`` names NKUT (any case, with or without ``-``/``_``)."""
     return str(dataset).lower().replace("-", "").replace("_", "") == "nkut"
 
 
-def _nkut_options(include_normal) -> None:
+def check_nkut_options(include_normal) -> None:
+    """Refuse the options that do not apply to NKUT."""
     if include_normal is not None:
         raise _errors.DatasetError("include_normal applies to busi only, not to 'nkut'")
 
 
-def _as_dataset_error(e: BaseException) -> BaseException:
+def as_dataset_error(e: BaseException) -> BaseException:
+    """``e`` as a :class:`~medurwkv_net.core.errors.DatasetError` (one message for the user), unless it is one."""
     if isinstance(e, _errors.DATA_ERRORS):
         return e
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     return _errors.DatasetError(text)
 
 
-def _describe(datalist: dict, report: dict | None, path) -> str:
+def describe_datalist(datalist: dict, report: dict | None, path) -> str:
+    """What a prepared datalist holds (split sizes, empty masks, notes), as printed by ``prepare-data``."""
     counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
     text = (f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
             f"{datalist['split']['seed']}): {counts} -> {path}")
@@ -123,45 +130,3 @@ def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", 
     inference.json when no ``input_dir`` is given)."""
     path = prepare_datalist(dataset, dataset_dir, output, seed=seed, **kwargs)
     return [{"image": c["image"]} for c in json.loads(Path(path).read_text())[split]]
-
-
-def prepare_data_cli(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
-                     fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
-                     mask_dir: str | None = None, include_normal: bool | None = None) -> str:
-    """Write the datalist of a public dataset unpacked under DATASET_DIR, printing the split sizes.
-
-    Every image and mask is decoded (a truncated or corrupt file is named), mask sizes are compared with
-    their images, and cases with empty masks are counted. nkut (CBCT volumes): every volume and label map is
-    read and checked against its image's grid, the 4-class label maps and the axial slices of the training
-    and validation cases are written beside OUTPUT (see ``medurwkv_net.data.nkut``).
-
-    The split is the official one where the release has it, else seeded train/validation/test fractions.
-
-    Args:
-        dataset: one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut.
-        dataset_dir: the folder the archive(s) were unpacked into.
-        output: the datalist to write (nkut: the axial slices and label volumes are written in its folder).
-        seed: seed of the split, for releases without an official one.
-        fractions: training, validation and test fractions of a seeded split.
-        image_dir: another image sub-folder, for the images/ + masks/ layout (tdd) and nkut's images/.
-        mask_dir: another mask sub-folder, likewise (nkut: the label folder, instead of labels/).
-        include_normal: busi only: also the normal cases (default: benign + malignant).
-
-    Returns:
-        The path written.
-    """
-    if _is_nkut(dataset):
-        from . import nkut
-
-        _nkut_options(include_normal)
-        return nkut.prepare_cli(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
-                                label_dir=mask_dir)
-    try:
-        kwargs = _reader_kwargs(dataset, image_dir, mask_dir, include_normal)
-        datalist, report = _ensure(dataset, dataset_dir, output, seed=seed, fractions=fractions, always_check=True,
-                                   **kwargs)
-    except (ValueError, OSError, KeyError) as e:
-        raise _as_dataset_error(e) from e
-    path = str(Path(output).resolve())
-    print(_describe(datalist, report, path))
-    return path

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medurwkv_net.reliability.atomic import atomic_write_bytes
+from medurwkv_net.core.atomic import atomic_write_bytes
 
 __all__ = [
     "BACKGROUND_THRESHOLD",

@@ -11,7 +11,7 @@ Layout read::
 archives) are ignored, and every file it lists must exist. ``dataset_dir`` may be the task folder or a folder
 holding exactly one task. Multi-modal tasks store 4D images (x, y, z, modality); the bundles' loading turns
 the last axis into channels. The official test images have no labels, so :func:`prepare` splits the labelled
-training cases with :func:`medurwkv_net.data.releases.seeded_split` (seed and fractions recorded) into
+training cases with :func:`medurwkv_net.data.splits.seeded_split` (seed and fractions recorded) into
 ``training`` / ``validation`` / ``test`` and keeps the official unlabelled images as ``official_test``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from .releases import DEFAULT_FRACTIONS, seeded_split, write_datalist
+from .splits import DEFAULT_FRACTIONS, seeded_split, write_datalist
 
 __all__ = ["check_task", "find_task", "read_task", "prepare", "test_images", "task_info"]
 

@@ -35,34 +35,37 @@ Layouts read (exactly as the archives unpack):
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from medurwkv_net.reliability.atomic import atomic_write_json
+from .folders import (
+    IMAGE_SUFFIXES,
+    _case,
+    _check_dir,
+    _find_sub,
+    _image_folders,
+    _images,
+    _locate,
+    _pair_by_name,
+)
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "RELEASES",
     "Release",
     "ReleaseSpec",
-    "build_datalist",
-    "check_cases",
-    "check_pairs",
-    "ensure_datalist",
     "get_release",
+    "read_busi",
+    "read_glas",
+    "read_isic2017",
+    "read_isic2018",
+    "read_kvasir",
     "read_release",
-    "seeded_split",
-    "write_datalist",
+    "read_tdd",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-SPLIT_KEYS = ("training", "validation", "test")
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Release:
 
 @dataclass(frozen=True)
 class ReleaseSpec:
+    """A dataset of the registry: its name, title, reader, mask threshold and the layout it reads."""
+
     name: str
     title: str
     reader: Callable[..., Release]
@@ -86,142 +91,6 @@ class ReleaseSpec:
     #: None = automatic (0/1 masks: > 0; 8-bit and JPEG masks: > 127), 0 = any id > 0 (GlaS instance ids)
     label_threshold: float | None
     layout: str
-
-
-# ----------------------------------------------------------------------------- helpers
-def _check_dir(dataset_dir) -> Path:
-    if dataset_dir is None or str(dataset_dir) == "":
-        raise ValueError("dataset_dir is not set: pass the folder the dataset archive was unpacked into")
-    path = Path(os.path.expanduser(str(dataset_dir)))
-    if not path.exists():
-        raise FileNotFoundError(f"dataset_dir '{path}' does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"dataset_dir '{path}' is not a folder")
-    return path.resolve()
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except PermissionError:
-        return []
-
-
-def _listing(path: Path, limit: int = 12) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return "[" + ", ".join(names[:limit]) + more + "]" if names else "nothing (empty folder)"
-
-
-def _image_folders(top: Path, max_depth: int = 3, limit: int = 8) -> str:
-    """The folders under ``top`` (up to ``max_depth`` levels) that hold image files, with their counts."""
-    found, level = [], [top]
-    for _ in range(max_depth + 1):
-        for p in level:
-            n = len(_images(p))
-            if n:
-                found.append(f"'{p.relative_to(top).as_posix() if p != top else '.'}/' ({n} images)")
-        level = [c for p in level for c in _subdirs(p)]
-    if not found:
-        return "no folder with images (png/jpg/jpeg/bmp) below it"
-    more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
-    return "folders with images: " + ", ".join(found[:limit]) + more
-
-
-def _locate(dataset_dir, dataset: str, is_root: Callable[[Path], bool], expected: str,
-            inner_names: Sequence[str] = (), max_depth: int = 2, hint: str = "") -> Path:
-    """Find the release root: ``dataset_dir`` itself, its parent when ``dataset_dir`` is one of the
-    release's inner folders (``inner_names``), or a folder up to ``max_depth`` levels below it."""
-    top = _check_dir(dataset_dir)
-    if top.name in inner_names and is_root(top.parent):
-        return top.parent
-    level = [top]
-    for _ in range(max_depth + 1):
-        found = [p for p in level if is_root(p)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise ValueError(
-                f"dataset_dir '{top}' holds several {dataset} releases: "
-                + ", ".join(f"'{p}'" for p in found) + "; point dataset_dir at one of them"
-            )
-        level = [c for p in level for c in _subdirs(p)]
-    raise ValueError(
-        f"dataset_dir '{top}' holds no recognisable {dataset} release: expected {expected} "
-        f"in it (or up to {max_depth} folder levels below it); it contains {_listing(top)}"
-        + (f"; {hint}" if hint else "")
-    )
-
-
-def _images(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    except (PermissionError, FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _child(folder: Path, name: str) -> Path | None:
-    """The sub-folder ``name`` of ``folder``, matched case-insensitively when the exact name is absent."""
-    exact = folder / name
-    if exact.is_dir():
-        return exact
-    low = name.lower()
-    matches = [p for p in _subdirs(folder) if p.name.lower() == low]
-    return matches[0] if len(matches) == 1 else None
-
-
-def _undouble(folder: Path) -> Path:
-    """``X/X/`` (an archive unpacked into a folder of its own name) -> the inner ``X/``, when the outer
-    folder holds no image of its own."""
-    while not _images(folder):
-        inner = _child(folder, folder.name)
-        if inner is None:
-            break
-        folder = inner
-    return folder
-
-
-def _find_sub(root: Path, rel: str) -> Path | None:
-    """``root/rel`` (``rel`` may have several parts), every part matched case-insensitively and doubled
-    folders (``Radiographs/Radiographs/``) entered; None when a part is missing."""
-    here = root
-    for part in Path(rel).parts:
-        nxt = _child(here, part)
-        if nxt is None:
-            return None
-        here = _undouble(nxt)
-    return here
-
-
-def _case(image: Path, label, case: str, subset: str) -> dict:
-    lab = [str(p) for p in label] if isinstance(label, (list, tuple)) else str(label)
-    return {"image": str(image), "label": lab, "case": case, "subset": subset}
-
-
-def _pair_by_name(images: dict[str, Path], masks: dict[str, Path], where: str, image_dir: Path,
-                  mask_dir: Path, mask_pattern: str) -> list[tuple[str, Path, Path]]:
-    """Match images and masks by case id; any image without mask or mask without image is an error."""
-    if not images:
-        raise ValueError(
-            f"{where}: no images ({'/'.join(IMAGE_SUFFIXES)}) in '{image_dir}'; it contains {_listing(image_dir)}"
-            + ("; a folder unpacked inside a folder of another name: point dataset_dir at the folder that holds "
-               f"'{image_dir.name}/' with the images directly inside it, or move them up"
-               if _subdirs(image_dir) else ""))
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask:
-        first = no_mask[0]
-        raise ValueError(
-            f"{where}: {len(no_mask)} image(s) in '{image_dir}' have no mask in '{mask_dir}', e.g. "
-            f"'{images[first].name}' needs '{mask_pattern.format(case=first)}'"
-            + (f" (others: {', '.join(no_mask[1:5])}{', ...' if len(no_mask) > 5 else ''})" if len(no_mask) > 1 else "")
-        )
-    if no_image:
-        raise ValueError(
-            f"{where}: {len(no_image)} mask(s) in '{mask_dir}' have no image in '{image_dir}', e.g. "
-            f"'{masks[no_image[0]].name}'"
-        )
-    return [(c, images[c], masks[c]) for c in sorted(images)]
 
 
 # ----------------------------------------------------------------------------- ISIC
@@ -453,6 +322,11 @@ RELEASES: dict[str, ReleaseSpec] = {
 
 
 def get_release(dataset: str) -> ReleaseSpec:
+    """The registry entry of ``dataset`` (any case; ``-``/``_`` ignored; a few aliases such as ``kvasirseg``).
+
+    Raises:
+        KeyError: an unknown dataset (the message lists the known ones).
+    """
     key = str(dataset).lower().replace("-", "").replace("_", "")
     aliases = {"kvasirseg": "kvasir", "tufts": "tdd", "isic17": "isic2017", "isic18": "isic2018"}
     key = aliases.get(key, key)
@@ -462,183 +336,5 @@ def get_release(dataset: str) -> ReleaseSpec:
 
 
 def read_release(dataset: str, dataset_dir, **reader_kwargs) -> Release:
+    """Read the release of ``dataset`` unpacked under ``dataset_dir`` with its reader."""
     return get_release(dataset).reader(dataset_dir, **reader_kwargs)
-
-
-# ----------------------------------------------------------------------------- splitting
-def _check_fractions(fractions) -> tuple[float, float, float]:
-    fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test) summing "
-                         f"to 1, got {fractions!r}")
-    return fr
-
-
-def seeded_split(cases: Sequence[dict], fractions=DEFAULT_FRACTIONS, seed: int = 0,
-                 stratify: str | None = "subset") -> dict[str, list[dict]]:
-    """Shuffle ``cases`` with ``random.Random(seed)`` (separately per ``stratify`` group) and cut them
-    into training / validation / test by ``fractions``. Every non-zero fraction gets at least one case
-    of each group that has enough cases; the order inside each split is by case id."""
-    fr = _check_fractions(fractions)
-    groups: dict[str, list[dict]] = {}
-    for c in sorted(cases, key=lambda c: c["case"]):
-        groups.setdefault(str(c.get(stratify, "")) if stratify else "", []).append(c)
-    out: dict[str, list[dict]] = {k: [] for k in SPLIT_KEYS}
-    for name in sorted(groups):
-        items = list(groups[name])
-        random.Random(f"{seed}:{name}").shuffle(items)
-        n = len(items)
-        n_val = round(n * fr[1])
-        n_test = round(n * fr[2])
-        if fr[1] > 0 and n_val == 0 and n >= 3:
-            n_val = 1
-        if fr[2] > 0 and n_test == 0 and n >= 3:
-            n_test = 1
-        n_val = min(n_val, n)
-        n_test = min(n_test, n - n_val)
-        out["validation"] += items[:n_val]
-        out["test"] += items[n_val:n_val + n_test]
-        out["training"] += items[n_val + n_test:]
-    for k in out:
-        out[k].sort(key=lambda c: c["case"])
-    return out
-
-
-def build_datalist(dataset: str, dataset_dir, seed: int = 0, fractions=DEFAULT_FRACTIONS,
-                   **reader_kwargs) -> dict:
-    """Read the release under ``dataset_dir`` and return its datalist (see the module docstring)."""
-    spec = get_release(dataset)
-    release = spec.reader(dataset_dir, **reader_kwargs)
-    fr = _check_fractions(fractions)
-    split_info: dict = {"seed": int(seed)}
-    lists: dict[str, list[dict]] = {k: [] for k in SPLIT_KEYS}
-    if release.official:
-        for key, subsets in release.official.items():
-            for s in subsets:
-                lists[key] += release.subsets[s]
-        split_info["official"] = {k: v for k, v in release.official.items()}
-        carved = [k for k in ("validation", "test") if not lists[k]]
-        if carved:
-            # carve the missing official splits from the training cases, with the seed
-            want = {"training": fr[0], "validation": fr[1] if "validation" in carved else 0.0,
-                    "test": fr[2] if "test" in carved else 0.0}
-            total = sum(want.values())
-            sub = seeded_split(lists["training"], [want[k] / total for k in SPLIT_KEYS], seed)
-            for k in SPLIT_KEYS:
-                if k == "training" or k in carved:
-                    lists[k] = sub[k]
-            split_info["seeded_from_training"] = carved
-            split_info["fractions"] = [want[k] / total for k in SPLIT_KEYS]
-        split_info["method"] = "official" if not carved else "official+seeded"
-    else:
-        all_cases = [c for cs in release.subsets.values() for c in cs]
-        lists = seeded_split(all_cases, fr, seed)
-        split_info.update(method="seeded", fractions=list(fr), stratified_by="subset")
-    return {
-        "name": spec.title,
-        "dataset": spec.name,
-        "dataset_dir": str(release.root),
-        "layout": spec.layout,
-        "label_threshold": spec.label_threshold,
-        "split": split_info,
-        "notes": release.notes,
-        "numTraining": len(lists["training"]),
-        **lists,
-    }
-
-
-def write_datalist(datalist: dict, output) -> Path:
-    return atomic_write_json(output, datalist, indent=2)
-
-
-def _decode(path: str):
-    """Decode one file completely (strictly: a truncated file is an error) -> (channel-first array, (W, H))."""
-    import numpy as np
-
-    from medurwkv_net.reliability.verify_data import read_array
-
-    arr, meta = read_array(path)
-    cdim = meta.get("original_channel_dim")
-    has_channel = isinstance(cdim, int) and not isinstance(cdim, bool)
-    arr = np.moveaxis(arr, cdim, 0) if has_channel else arr[None]
-    return arr, tuple(int(x) for x in arr.shape[1:])
-
-
-def check_cases(datalist: dict, max_problems: int = 10) -> dict:
-    """Decode every image and mask of every split, so that a bad release fails before training with the
-    files named: unreadable (truncated, corrupt) files, masks whose size differs from their image (all masks
-    of a case, for BUSI), masks refused by the label conversion. Returns ``{split: {"cases": n,
-    "empty_masks": [case ids]}}`` (empty masks are valid: BUSI normal, edentulous TDD cases).
-
-    Raises:
-        ValueError: listing up to ``max_problems`` problems, each with its split, case and file.
-    """
-    from medurwkv_net.data.transforms import mask_foreground
-
-    name = datalist.get("dataset", "")
-    threshold = datalist.get("label_threshold")
-    problems: list[str] = []
-    report: dict = {}
-    for key in SPLIT_KEYS:
-        cases = datalist.get(key, [])
-        report[key] = {"cases": len(cases), "empty_masks": []}
-        for case in cases:
-            where = f"{name} {key} case '{case['case']}'"
-            try:
-                _, size = _decode(case["image"])
-            except Exception as e:  # readers raise many types for corrupt data; all mean "unreadable"
-                problems.append(f"{where}: image '{case['image']}' cannot be read (truncated or corrupt?): "
-                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-                continue
-            fg_any = False
-            for lab in case["label"] if isinstance(case["label"], list) else [case["label"]]:
-                try:
-                    arr, msize = _decode(lab)
-                except Exception as e:
-                    problems.append(f"{where}: mask '{lab}' cannot be read (truncated or corrupt?): "
-                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-                    break
-                if msize != size:
-                    problems.append(f"{where}: mask '{lab}' is {msize[0]}x{msize[1]} (WxH) but image "
-                                    f"'{case['image']}' is {size[0]}x{size[1]}")
-                    break
-                try:
-                    fg_any = fg_any or bool(mask_foreground(arr, threshold, source=lab).any())
-                except ValueError as e:
-                    problems.append(f"{where}: {e}")
-                    break
-            else:
-                if not fg_any:
-                    report[key]["empty_masks"].append(case["case"])
-    if problems:
-        more = f"\n... and {len(problems) - max_problems} more" if len(problems) > max_problems else ""
-        raise ValueError(f"{name}: {len(problems)} problem(s) in the release; replace the named files with "
-                         "intact copies from the archive (or remove those cases):\n"
-                         + "\n".join(problems[:max_problems]) + more)
-    return report
-
-
-check_pairs = check_cases  # the former name
-
-
-def _ensure(dataset: str, dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS,
-            always_check: bool = False, **reader_kwargs) -> tuple[dict, dict | None]:
-    datalist = build_datalist(dataset, dataset_dir, seed=seed, fractions=fractions, **reader_kwargs)
-    path = Path(datalist_file)
-    if path.is_file():
-        try:
-            if json.loads(path.read_text()) == datalist:
-                return datalist, (check_cases(datalist) if always_check else None)
-        except json.JSONDecodeError:
-            pass  # rewritten below
-    report = check_cases(datalist)
-    write_datalist(datalist, path)
-    return datalist, report
-
-
-def ensure_datalist(dataset: str, dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS,
-                    **reader_kwargs) -> dict:
-    """Build the datalist of the release under ``dataset_dir`` and return it, writing it to
-    ``datalist_file`` when that file is missing or differs (idempotent: an up-to-date file is left
-    untouched). Every file is decoded and checked with :func:`check_cases` whenever the file is (re)written."""
-    return _ensure(dataset, dataset_dir, datalist_file, seed=seed, fractions=fractions, **reader_kwargs)[0]

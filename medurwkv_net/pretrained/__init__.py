@@ -1,5 +1,5 @@
 """Released Vision-RWKV weights: registry, loading (local / hf:// / registry name) and conversion."""
-from ..reliability import errors as _errors
+from ..core import errors as _errors
 from .weights import (
     PRETRAINED_CFGS,
     LoadReport,

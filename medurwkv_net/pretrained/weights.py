@@ -131,8 +131,8 @@ def verify_hub_file(path: Union[str, os.PathLike], repo_id: str, filename: str, 
         WeightsIntegrityError: the content does not have the published hash; the message names the repo,
             the file, both hashes and what to do.
     """
-    from ..reliability.errors import WeightsIntegrityError
-    from ..reliability.weights import file_sha256
+    from ..core.errors import WeightsIntegrityError
+    from ..core.weights import file_sha256
 
     real = Path(os.path.realpath(path))
     if real.parent.name != "blobs":
@@ -198,7 +198,7 @@ def _unavailable_message(repo_id: str, filename: str, revision: Optional[str], c
 def _hf_download(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str]) -> str:
     from huggingface_hub import hf_hub_download
 
-    from ..reliability.errors import PretrainedUnavailableError
+    from ..core.errors import PretrainedUnavailableError
 
     try:
         path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
@@ -250,7 +250,7 @@ def load_checkpoint(path: Union[str, os.PathLike], sha256: Optional[str] = None)
     Reading goes through :func:`medurwkv_net.reliability.safe_load_weights`: the SHA-256 check first when
     ``sha256`` is given, then safetensors or ``torch.load(weights_only=True)``; its errors name the file.
     """
-    from ..reliability.weights import safe_load_weights
+    from ..core.weights import safe_load_weights
 
     return _unwrap(safe_load_weights(path, expected_sha256=sha256), os.fspath(path))
 

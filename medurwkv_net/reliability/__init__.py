@@ -23,8 +23,9 @@ _EXPORTS = {
     "run_lock": ["RunLock", "RunLockedError"],
     "inference": ["SafeSimpleInferer", "SafeSliceInferer", "SafeSlidingWindowInferer", "sliding_window_predict",
                   "validate_image"],
-    "verify_data": ["CaseReport", "Finding", "VerificationReport", "VerifyDataHandler", "verify_data_cli",
+    "verify_data": ["CaseReport", "Finding", "VerificationReport",
                     "verify_datalist", "verify_datalist_file", "missing_class_warnings"],
+    "verify_handler": ["VerifyDataHandler"],
     "weights": ["file_sha256", "safe_load_weights", "safe_torch_load", "verify_sha256"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

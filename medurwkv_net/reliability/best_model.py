@@ -23,7 +23,7 @@ from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
 from .atomic import TMP_SUFFIX, AtomicDiskSaver
-from .weights import file_sha256
+from medurwkv_net.core.weights import file_sha256
 
 __all__ = ["BestModelSaver", "non_finite_parameters"]
 

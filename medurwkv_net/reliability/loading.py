@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-from .weights import safe_load_weights
+from medurwkv_net.core.weights import safe_load_weights
 
 __all__ = ["SafeCheckpointLoader", "non_finite_entries"]
 
@@ -43,6 +43,7 @@ class SafeCheckpointLoader(CheckpointLoader):
     """
 
     def __call__(self, engine: Engine) -> None:
+        """Load the checkpoint into the objects (safely: ``weights_only``), naming the file on failure."""
         try:
             state = safe_load_weights(self.load_path, map_location="cpu")
         except FileNotFoundError as e:

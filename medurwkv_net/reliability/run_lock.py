@@ -17,7 +17,7 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 
 from .atomic import atomic_write_json, default_file_mode
-from .errors import ReliabilityError
+from medurwkv_net.core.errors import ReliabilityError
 
 __all__ = ["RunLock", "RunLockedError"]
 

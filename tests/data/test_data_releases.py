@@ -22,9 +22,9 @@ from medurwkv_net.data import (  # noqa: E402
     check_pairs,
     ensure_datalist,
     get_release,
-    prepare_data_cli,
     seeded_split,
 )
+from medurwkv_net.cli.prepare_data import prepare_data_cli  # noqa: E402
 
 DATASETS = sorted(MAKERS)
 # every release as it unpacks, and the TDD copy laid out as images/ + masks/ (with a 16-bit image and mask)
@@ -215,14 +215,16 @@ def test_check_pairs_reports_size_mismatch_before_writing(tmp_path):
     rel = make_release("tdd", tmp_path / "n", n=4, folders=True)
     Image.new("L", (10, 12)).save(rel.release_root / "masks" / "2.png")
     dl = build_datalist("tdd", rel.dataset_dir)
-    with pytest.raises(ValueError, match=r"case '2': mask '.*2\.png' is 10x12 \(WxH\) but image .* is 37x45"):
+    with pytest.raises(ValueError,
+                       match=r"case '2': image .* shape \(37, 45\) != mask '.*2\.png' spatial shape \(10, 12\)"):
         check_pairs(dl)
     with pytest.raises(ValueError, match="case '2'"):  # ensure_datalist checks before writing
         ensure_datalist("tdd", rel.dataset_dir, tmp_path / "dl.json")
     assert not (tmp_path / "dl.json").exists()
     rel = make_release("busi", tmp_path / "b")
     Image.new("L", (5, 5)).save(rel.release_root / "benign" / "benign (1)_mask_1.png")
-    with pytest.raises(ValueError, match=r"case 'benign/benign \(1\)': mask '.*_mask_1\.png' is 5x5"):
+    with pytest.raises(ValueError,
+                       match=r"case 'benign/benign \(1\)': image .* != mask '.*_mask_1\.png' spatial shape \(5, 5\)"):
         check_pairs(build_datalist("busi", rel.dataset_dir))
 
 

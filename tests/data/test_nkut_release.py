@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_nkut import CASES, SHAPE, make_nkut  # noqa: E402
 
-from medurwkv_net.data import nkut, prepare_data_cli  # noqa: E402
+from medurwkv_net.cli.prepare_data import prepare_data_cli  # noqa: E402
+from medurwkv_net.data import nkut  # noqa: E402
 from medurwkv_net.reliability.errors import DatasetError  # noqa: E402
 
 

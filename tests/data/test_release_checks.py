@@ -16,7 +16,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_releases import make_release  # noqa: E402
 
-from medurwkv_net.data import prepare_data_cli  # noqa: E402
+from medurwkv_net.cli.prepare_data import prepare_data_cli  # noqa: E402
 from medurwkv_net.reliability.errors import DatasetError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

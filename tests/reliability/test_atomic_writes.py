@@ -8,7 +8,7 @@ from ignite.engine import Engine
 
 from medurwkv_net.bundle import CurvePlotter
 from medurwkv_net.data.mni152 import _atomic_write_bytes
-from medurwkv_net.data.releases import write_datalist
+from medurwkv_net.data.splits import write_datalist
 from medurwkv_net.reliability import atomic_save, atomic_write_text
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from medurwkv_net.reliability import DataVerificationError, verify_data_cli, verify_datalist, verify_datalist_file
+from medurwkv_net.cli.verify_data import verify_data_cli
+from medurwkv_net.reliability import DataVerificationError, verify_datalist, verify_datalist_file
 
 DEMO_TRAIN = os.path.join(os.path.dirname(__file__), "..", "..", "bundles", "medurwkv_mni152_tissue", "configs",
                           "train.json")

@@ -10,7 +10,8 @@ import pytest
 from ignite.engine import Engine
 from PIL import Image
 
-from medurwkv_net.reliability import DataVerificationError, VerifyDataHandler, verify_data_cli, verify_datalist
+from medurwkv_net.cli.verify_data import verify_data_cli
+from medurwkv_net.reliability import DataVerificationError, VerifyDataHandler, verify_datalist
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medurwkv_net.reliability.errors import DatasetError
+from medurwkv_net.core.errors import DatasetError
 
 from .release import Case, describe
 

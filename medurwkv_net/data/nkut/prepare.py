@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medurwkv_net.reliability.atomic import atomic_write_bytes, atomic_write_json
-from medurwkv_net.reliability.errors import DatasetError
+from medurwkv_net.core.atomic import atomic_write_bytes, atomic_write_json
+from medurwkv_net.core.errors import DatasetError
 
-from ..releases import DEFAULT_FRACTIONS, _check_fractions, seeded_split
+from ..splits import DEFAULT_FRACTIONS, _check_fractions, seeded_split
 from .labels import CLASS_NAMES, load_volume, read_label_map
 from .release import fingerprint, read_release, strip_volume_extension, volume_stem
 
-__all__ = ["DEFAULT_PERCENTILES", "EMPTY_SLICE_FRACTION", "list_volumes", "output_name", "prepare", "prepare_cli",
+__all__ = ["DEFAULT_PERCENTILES", "EMPTY_SLICE_FRACTION", "list_volumes", "output_name", "prepare",
            "summary"]
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -219,14 +219,6 @@ def summary(path) -> str:
     text = (f"{dl['name']} at '{dl['dataset_dir']}' ({dl['layout']} layout; seeded split by case, seed "
             f"{dl['split']['seed']}): {', '.join(parts)} -> {path}\nclasses: {dl['labels']}")
     return text + "".join(f"\nnote: {n}" for n in dl["notes"])
-
-
-def prepare_cli(dataset_dir, output: str = "datalist.json", seed: int = 0, fractions=DEFAULT_FRACTIONS,
-                image_dir: str | None = None, label_dir: str | None = None) -> str:
-    """``prepare-data nkut``: :func:`prepare` with the bundle's defaults, printing :func:`summary`."""
-    path = prepare(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir, label_dir=label_dir)
-    print(summary(path))
-    return path
 
 
 def list_volumes(folder: str, missing_ok: bool = False) -> list[dict]:

@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medurwkv_net.reliability.errors import DatasetError
+from medurwkv_net.core.errors import DatasetError
 
-from ..releases import _check_dir, _child, _listing, _locate
+from ..folders import _check_dir, _child, _listing, _locate
 
 __all__ = ["IMAGE_FOLDERS", "LABEL_FOLDERS", "LABEL_MAPS", "VOLUME_EXTENSIONS", "Case", "NkutRelease",
            "case_key", "describe", "find_volumes", "fingerprint", "is_dicom_series", "read_release",

@@ -4,6 +4,7 @@ Each command is a library function run through python-fire, so ``<command> --hel
 function's real arguments and docstring. The function's module is imported only when its command
 runs, which keeps ``--help`` and unrelated commands fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,18 +19,34 @@ PROG = "medurwkv-net"
 #: command -> (module, function, one-line summary for the command list)
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "build-ext": ("medurwkv_net.ops.build", "build_ext", "build the Bi-WKV C++/CUDA kernels now (--clean: rebuild)"),
-    "prepare-data": ("medurwkv_net.data", "prepare_data_cli", "write the datalist of an unpacked public dataset"),
-    "verify-data": ("medurwkv_net.reliability.verify_data", "verify_data_cli",
-                    "check every image/label pair a bundle config reads"),
+    "prepare-data": (
+        "medurwkv_net.cli.prepare_data",
+        "prepare_data_cli",
+        "write the datalist of an unpacked public dataset",
+    ),
+    "verify-data": (
+        "medurwkv_net.cli.verify_data",
+        "verify_data_cli",
+        "check every image/label pair a bundle config reads",
+    ),
     "prepare-demo": ("medurwkv_net.data.mni152", "prepare", "write the 2D demo dataset (MNI152 slices)"),
     "prepare-demo-3d": ("medurwkv_net.data.mni152_volume", "prepare", "write the 3D demo dataset (MNI152 slabs)"),
-    "convert-weights": ("medurwkv_net.pretrained", "convert_weights",
-                        "convert a released VRWKV checkpoint to .safetensors"),
+    "convert-weights": (
+        "medurwkv_net.pretrained",
+        "convert_weights",
+        "convert a released VRWKV checkpoint to .safetensors",
+    ),
     "hub-prepare": ("medurwkv_net.hub", "prepare_bundle_repo", "turn a bundle folder into a Hugging Face Hub repo"),
-    "export-onnx": ("medurwkv_net.onnx_export", "export_onnx_cli",
-                    "write a bundle's network and weights as ONNX (dynamic batch and spatial sizes)"),
-    "verify-metadata": ("medurwkv_net.bundle.metadata", "verify_metadata",
-                        "check a bundle's metadata.json against the shipped MONAI schema (offline)"),
+    "export-onnx": (
+        "medurwkv_net.cli.export_onnx",
+        "export_onnx_cli",
+        "write a bundle's network and weights as ONNX (dynamic batch and spatial sizes)",
+    ),
+    "verify-metadata": (
+        "medurwkv_net.bundle.metadata",
+        "verify_metadata",
+        "check a bundle's metadata.json against the shipped MONAI schema (offline)",
+    ),
 }
 
 
