@@ -12,9 +12,12 @@ It is not part of the installed package: it writes into this repository's ``bund
 (CBCT volumes, sliced for the 2D network) and the 3D bundles are written by hand.
 
 ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own. The transform chains are
-MONAI transforms listed in the JSON (``train#deterministic_transforms`` shared with validation through a
-``%`` macro, ``train#random_transforms``); only ``EnsureChannelsd`` and ``LoadMaskd`` (uniting and
-binarising the releases' mask files) are the project's own.
+MONAI transforms listed in the JSON: ``train#deterministic_transforms`` (to 0..1 and 256x256),
+``train#random_transforms`` (the imaging domain's augmentations, ``AUGMENTATIONS``, on the 0..1 image) and
+``train#normalize_transforms`` (ImageNet mean/std), the first and last shared with validation through ``%``
+macros. The project's own transforms are ``EnsureChannelsd`` and ``LoadMaskd`` (uniting and binarising the
+releases' mask files) and the augmentations MONAI lacks (``medurwkv_net/data/augment.py``: colour jitter,
+H&E stain jitter, JPEG, speckle).
 """
 
 from __future__ import annotations

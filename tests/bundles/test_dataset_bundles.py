@@ -237,6 +237,23 @@ def test_training_chain_applies_the_domain_augmentations(tmp_path, dataset):
                                torch.as_tensor(validation), atol=1e-5, rtol=0)
 
 
+def test_augmentation_probabilities_and_ranges_are_config_ids():
+    """What `--train#random_transforms#N#<arg> ...` on the command line sets (monai.bundle.run updates the
+    parser with the overrides the same way)."""
+    bundle = REPO / "bundles" / "medurwkv_glas"
+    stain = next(i for i, t in _random_entries(bundle) if t["_target_"].endswith("RandHEStainJitterd"))
+    parser = _parser(bundle, **{f"train#random_transforms#{stain}#prob": 0.25,
+                                f"train#random_transforms#{stain}#alpha": [0.8, 1.2],
+                                f"train#random_transforms#{stain}#beta": 0.1})
+    t = parser.get_parsed_content(f"train#random_transforms#{stain}")
+    assert type(t).__name__ == "RandHEStainJitterd" and t.prob == 0.25
+    assert t.alpha_range == (0.8, 1.2) and t.beta_range == (-0.1, 0.1)
+    bad = _parser(bundle, **{f"train#random_transforms#{stain}#alpha": [1.2, 0.8]})
+    with pytest.raises(Exception) as e:  # MONAI names the component; the cause names the argument
+        bad.get_parsed_content(f"train#random_transforms#{stain}")
+    assert "RandHEStainJitterd: alpha range [1.2, 0.8] has low > high" in str(e.value.__cause__)
+
+
 def _no_hub(tmp_path: Path) -> dict:
     """Environment of a machine without the Hub: offline, and an empty cache."""
     cache = tmp_path / "empty_hf_home"
