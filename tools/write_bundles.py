@@ -12,9 +12,12 @@ It is not part of the installed package: it writes into this repository's ``bund
 (CBCT volumes, sliced for the 2D network) and the 3D bundles are written by hand.
 
 ``multi_gpu_train.json``, ``logging.conf`` and ``LICENSE`` are the template's own. The transform chains are
-MONAI transforms listed in the JSON (``train#deterministic_transforms`` shared with validation through a
-``%`` macro, ``train#random_transforms``); only ``EnsureChannelsd`` and ``LoadMaskd`` (uniting and
-binarising the releases' mask files) are the project's own.
+MONAI transforms listed in the JSON: ``train#deterministic_transforms`` (to 0..1 and 256x256),
+``train#random_transforms`` (the imaging domain's augmentations, ``AUGMENTATIONS``, on the 0..1 image) and
+``train#normalize_transforms`` (ImageNet mean/std), the first and last shared with validation through ``%``
+macros. The project's own transforms are ``EnsureChannelsd`` and ``LoadMaskd`` (uniting and binarising the
+releases' mask files) and the augmentations MONAI lacks (``medurwkv_net/data/augment.py``: colour jitter,
+H&E stain jitter, JPEG, speckle).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ COPIED = ("configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
 DATASETS = {
     "isic2017": dict(
         short="ISIC 2017", cls="lesion", in_channels=3, data_type="jpg",
-        modality="dermoscopy (RGB photograph)",
+        modality="dermoscopy (RGB photograph)", augment="dermoscopy",
         task="Binary segmentation of skin lesions in dermoscopy images",
         source="ISIC 2017 Challenge, Part 1: Lesion Segmentation - https://challenge.isic-archive.com/data/#2017 "
                "(archives ISIC-2017_Training_Data.zip, ISIC-2017_Training_Part1_GroundTruth.zip "
@@ -58,7 +61,7 @@ Cite: N. C. F. Codella et al., "Skin Lesion Analysis Toward Melanoma Detection: 
     ),
     "isic2018": dict(
         short="ISIC 2018", cls="lesion", in_channels=3, data_type="jpg",
-        modality="dermoscopy (RGB photograph)",
+        modality="dermoscopy (RGB photograph)", augment="dermoscopy",
         task="Binary segmentation of skin lesions in dermoscopy images",
         source="ISIC 2018 Challenge, Task 1: Lesion Boundary Segmentation - "
                "https://challenge.isic-archive.com/data/#2018 "
@@ -86,7 +89,7 @@ HAM10000 dataset", Sci. Data 5, 180161 (2018).""",
     ),
     "glas": dict(
         short="GlaS", cls="gland", in_channels=3, data_type="bmp",
-        modality="H&E histology (RGB)",
+        modality="H&E histology (RGB)", augment="histology",
         task="Binary segmentation of glands in H&E-stained colon histology images",
         source="MICCAI 2015 Gland Segmentation Challenge (Warwick-QU dataset) - "
                "https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
@@ -109,7 +112,7 @@ contest", Medical Image Analysis 35 (2017) 489-502.""",
     ),
     "tdd": dict(
         short="TDD", cls="teeth", in_channels=1, data_type="jpg",
-        modality="panoramic dental X-ray (grey scale)",
+        modality="panoramic dental X-ray (grey scale)", augment="radiograph",
         task="Binary segmentation of teeth in panoramic dental radiographs",
         source="Tufts Dental Database - http://tdd.ece.tufts.edu/ (access on request)",
         counts="1000 panoramic radiographs",
@@ -139,7 +142,7 @@ Informatics 26(4), 2022.""",
     ),
     "busi": dict(
         short="BUSI", cls="lesion", in_channels=3, data_type="png",
-        modality="breast ultrasound (grey scale, stored as PNG)",
+        modality="breast ultrasound (grey scale, stored as PNG)", augment="ultrasound",
         task="Binary segmentation of breast lesions in ultrasound images",
         source="Dataset of breast ultrasound images (BUSI), Al-Dhabyani et al. - "
                "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
@@ -168,7 +171,7 @@ Read them before use and cite the article.""",
     ),
     "kvasir": dict(
         short="Kvasir-SEG", cls="polyp", in_channels=3, data_type="jpg",
-        modality="colonoscopy (RGB photograph)",
+        modality="colonoscopy (RGB photograph)", augment="endoscopy",
         task="Binary segmentation of polyps in colonoscopy images",
         source="Kvasir-SEG, Simula - https://datasets.simula.no/kvasir-seg/ (archive kvasir-seg.zip)",
         counts="1000 images",
@@ -244,10 +247,17 @@ def _mean_std(in_channels: int) -> tuple[list[float], list[float]]:
     return [round(sum(IMAGENET_MEAN) / 3, 6)], [round(sum(IMAGENET_STD) / 3, 6)]
 
 
-def _image_chain(d: dict) -> list[dict]:
-    """Load an image and bring it to the network's channels and ImageNet intensities (original size)."""
+def _normalize(d: dict) -> dict:
+    """ImageNet mean/std per channel (the encoder's pretraining)."""
     mean, std = _mean_std(d["in_channels"])
-    return [
+    return {"_target_": "NormalizeIntensityd", "keys": "image", "subtrahend": mean, "divisor": std,
+            "channel_wise": True}
+
+
+def _image_chain(d: dict, normalize: bool = True) -> list[dict]:
+    """Load an image and bring it to the network's channels and intensities in 0..1 (original size), then
+    to ImageNet intensities unless ``normalize`` is false (training augments in 0..1 and normalises after)."""
+    chain = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
         {"_target_": "medurwkv_net.data.EnsureChannelsd", "keys": "image", "channels": "@in_channels",
@@ -255,9 +265,8 @@ def _image_chain(d: dict) -> list[dict]:
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
         {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0.0, "a_max": 255.0, "b_min": 0.0,
          "b_max": 1.0, "clip": True},
-        {"_target_": "NormalizeIntensityd", "keys": "image", "subtrahend": mean, "divisor": std,
-         "channel_wise": True},
     ]
+    return chain + [_normalize(d)] if normalize else chain
 
 
 def _with_label(chain: list[dict]) -> list[dict]:
@@ -277,14 +286,73 @@ def _resize(keys) -> dict:
     return {"_target_": "Resized", "keys": keys, "spatial_size": "@spatial_size", "mode": ["bilinear", "nearest"]}
 
 
-RANDOM_TRANSFORMS = [  # photographs, histology, radiographs: no orientation to keep; images from many devices
-    {"_target_": "RandFlipd", "keys": IMAGE_LABEL, "spatial_axis": 0, "prob": 0.5},
-    {"_target_": "RandFlipd", "keys": IMAGE_LABEL, "spatial_axis": 1, "prob": 0.5},
-    {"_target_": "RandRotate90d", "keys": IMAGE_LABEL, "prob": 0.5, "max_k": 3},
-    {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
-    {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
-    {"_target_": "EnsureTyped", "keys": IMAGE_LABEL, "dtype": "$torch.float32", "track_meta": False},
+def _aug(target: str, why: str, keys="image", **args) -> tuple[dict, str]:
+    return {"_target_": target, "keys": keys, **args}, why
+
+
+_OWN = "medurwkv_net.data."  # the augmentations MONAI lacks (medurwkv_net/data/augment.py)
+_SMOOTH = dict(sigma_x=[0.5, 1.5], sigma_y=[0.5, 1.5])
+# Augmentations of the 0..1 image after Resized, before NormalizeIntensityd: (config entry, why).
+GEOMETRY = [  # photographs, histology, radiographs: no orientation to keep; images from many devices
+    _aug("RandFlipd", "no orientation to keep", IMAGE_LABEL, spatial_axis=0, prob=0.5),
+    _aug("RandFlipd", "no orientation to keep", IMAGE_LABEL, spatial_axis=1, prob=0.5),
+    _aug("RandRotate90d", "no orientation to keep", IMAGE_LABEL, prob=0.5, max_k=3),
+    _aug("RandZoomd", "object size and field of view differ between devices", IMAGE_LABEL, prob=0.3,
+         min_zoom=0.85, max_zoom=1.15, mode=["bilinear", "nearest"], padding_mode="constant"),
 ]
+AUGMENTATIONS = {  # per imaging domain: (one line on why, entries)
+    "dermoscopy": ("dermatoscopes, clinics and skin types differ in illumination and colour, hand-held images "
+                   "are often slightly out of focus, and the archives hold JPEGs of varying quality", [
+        _aug(_OWN + "RandColorJitterd", "illumination, white balance, skin tone", brightness=[0.8, 1.2],
+             contrast=[0.8, 1.2], saturation=[0.8, 1.2], hue=[-0.04, 0.04], prob=0.8),
+        _aug("RandGaussianSmoothd", "defocus", **_SMOOTH, prob=0.2),
+        _aug(_OWN + "RandJPEGd", "compression artefacts", quality=[30, 90], prob=0.2),
+    ]),
+    "endoscopy": ("the light source moves with the camera (strong brightness changes), video processors differ in "
+                  "colour, frames blur with motion and are stored as JPEG", [
+        _aug(_OWN + "RandColorJitterd", "illumination and processor colour (small hue: mucosa colour matters)",
+             brightness=[0.7, 1.3], contrast=[0.7, 1.3], saturation=[0.8, 1.2], hue=[-0.03, 0.03], prob=0.8),
+        _aug("RandGaussianSmoothd", "motion and defocus blur", sigma_x=[0.5, 2.0], sigma_y=[0.5, 2.0], prob=0.3),
+        _aug(_OWN + "RandJPEGd", "compression artefacts", quality=[30, 90], prob=0.2),
+    ]),
+    "histology": ("H&E staining differs between laboratories, batches and scanners (colour), and slide scans have "
+                  "out-of-focus regions", [
+        _aug(_OWN + "RandHEStainJitterd", "stain variation: each stain's optical density scaled and shifted",
+             alpha=[0.9, 1.1], beta=[-0.05, 0.05], prob=0.8),
+        _aug(_OWN + "RandColorJitterd", "scanner illumination and white balance", brightness=[0.9, 1.1],
+             contrast=[0.9, 1.1], saturation=[0.9, 1.1], hue=[-0.02, 0.02], prob=0.5),
+        _aug("RandGaussianSmoothd", "out-of-focus regions", **_SMOOTH, prob=0.2),
+    ]),
+    "radiograph": ("grey-level X-ray images (no colour): exposure, detector gain and the units' grey-level curves "
+                   "differ, low doses add quantum noise, patients move, and the release is JPEG", [
+        _aug(_OWN + "RandColorJitterd", "exposure and gain (brightness, contrast)", brightness=[0.8, 1.2],
+             contrast=[0.8, 1.2], prob=0.5),
+        _aug("RandAdjustContrastd", "grey-level curve (gamma)", gamma=[0.7, 1.5], prob=0.3),
+        _aug("RandGaussianSmoothd", "motion blur", **_SMOOTH, prob=0.2),
+        _aug("RandGaussianNoised", "quantum noise (standard deviation drawn up to 0.03)", mean=0.0, std=0.03,
+             prob=0.2),
+        _aug(_OWN + "RandJPEGd", "compression artefacts", quality=[30, 90], prob=0.2),
+    ]),
+    "ultrasound": ("grey-level images (stored as RGB, kept grey): gain, dynamic range and grey map are set per "
+                   "scanner and operator, and speckle strength varies with probe, frequency and filters", [
+        _aug(_OWN + "RandColorJitterd", "gain and dynamic range (brightness, contrast)", brightness=[0.8, 1.2],
+             contrast=[0.8, 1.2], prob=0.5),
+        _aug("RandAdjustContrastd", "grey map (gamma)", gamma=[0.7, 1.5], prob=0.3),
+        _aug(_OWN + "RandSpeckleNoised", "speckle: multiplicative gamma noise, one field for the three channels",
+             std=[0.05, 0.2], distribution="gamma", same_for_channels=True, prob=0.3),
+        _aug("RandGaussianSmoothd", "speckle-reduction smoothing", **_SMOOTH, prob=0.2),
+    ]),
+}
+_TO_TENSOR = {"_target_": "EnsureTyped", "keys": IMAGE_LABEL, "dtype": "$torch.float32", "track_meta": False}
+
+
+def _augmentations(d: dict) -> list[tuple[dict, str]]:
+    return GEOMETRY + AUGMENTATIONS[d["augment"]][1]
+
+
+def _random_transforms(d: dict) -> list[dict]:
+    """``train#random_transforms``: the domain's augmentations, then plain tensors for the batches."""
+    return [dict(t) for t, _ in _augmentations(d)] + [dict(_TO_TENSOR)]
 
 
 def _softmax() -> dict:
@@ -323,8 +391,17 @@ def _train_cfg(template: Path, name: str, d: dict) -> dict:
     # Dice over the whole batch: releases with empty masks (BUSI's normal cases) give no per-image Dice
     cfg["loss"]["batch"] = True
     train = cfg["train"]
-    train["deterministic_transforms"] = _with_label(_image_chain(d)) + [_resize(IMAGE_LABEL)]
-    train["random_transforms"] = [dict(t) for t in RANDOM_TRANSFORMS]
+    # augmentations need the 0..1 image: normalisation is a chain of its own, after them (and in validation)
+    train["deterministic_transforms"] = _with_label(_image_chain(d, normalize=False)) + [_resize(IMAGE_LABEL)]
+    train["random_transforms"] = _random_transforms(d)
+    train = _insert_after(train, "random_transforms", {"normalize_transforms": [_normalize(d)]})
+    train["preprocessing"]["transforms"] = ("$@train#deterministic_transforms + @train#random_transforms"
+                                            " + @train#normalize_transforms")
+    cfg["train"] = train
+    cfg["validate"] = {"deterministic_transforms": "%train#deterministic_transforms",
+                       "normalize_transforms": "%train#normalize_transforms", **cfg["validate"]}
+    cfg["validate"]["preprocessing"]["transforms"] = ("$@validate#deterministic_transforms"
+                                                      " + @validate#normalize_transforms")
     cfg["validate"]["inferer"] = {"_target_": "medurwkv_net.reliability.SafeSimpleInferer", "spatial_dims": 2}
     for h in train["handlers"]:
         if isinstance(h, dict) and h.get("_target_", "").endswith("VerifyDataHandler"):  # masks, not index files
@@ -480,17 +557,25 @@ MONAI transforms listed in `configs/train.json`, where they can be read and over
 - `train#deterministic_transforms` (also validation, through the `%train#deterministic_transforms` macro):
   `LoadImaged`; `EnsureChannelFirstd`; `medurwkv_net.data.EnsureChannelsd` ({in_desc}); `medurwkv_net.data.LoadMaskd`
   (the mask file(s) of a case as one binary channel: {masks_short}); `EnsureTyped`; `ScaleIntensityRanged`
-  (/255); `NormalizeIntensityd` (ImageNet mean/std); `Resized` to **256x256** (`spatial_size`; the mask with
-  nearest neighbour).
-- `train#random_transforms`: `RandFlipd` (both axes), `RandRotate90d`, `RandScaleIntensityd` (+-10 %),
-  `RandShiftIntensityd` (+-0.1), `EnsureTyped`.
-- Evaluation (`configs/evaluate.json`) resizes the image only and inverts the resize of the prediction
-  (`Invertd`), so that Dice, IoU and HD95 are computed against the mask as stored, at its original size.
-  Inference does the same before writing the mask.
+  (/255: intensities in 0..1); `Resized` to **256x256** (`spatial_size`; the mask with nearest neighbour).
+- `train#random_transforms`: the {domain} augmentations, on the 0..1 image (index in the list, transform,
+  probability, range):
+{augment_list}
+- `train#normalize_transforms` (also validation, through the `%train#normalize_transforms` macro):
+  `NormalizeIntensityd` (ImageNet mean/std), after the augmentations, which need intensities in 0..1.
+- Evaluation (`configs/evaluate.json`) normalises and resizes the image only (per channel the same tensor as
+  resizing first) and inverts the resize of the prediction (`Invertd`), so that Dice, IoU and HD95 are computed
+  against the mask as stored, at its original size. Inference does the same before writing the mask.
 
-`EnsureChannelsd` and `LoadMaskd` are the only non-MONAI transforms (MONAI has no transform that unites
-several mask files or binarises colour/JPEG masks). Override an entry from the command line, e.g.
-`--train#random_transforms#2#prob 0.2`, or the whole training chain with `--train#preprocessing#transforms`.
+Why these augmentations ({domain}): {augment_why}.
+
+`EnsureChannelsd` and `LoadMaskd` read the releases (MONAI has no transform that unites several mask files or
+binarises colour/JPEG masks); {own_augment} (`medurwkv_net.data`) are augmentations MONAI lacks. Every
+probability and range is a config value; override an entry from the command line, e.g.
+`--train#random_transforms#{example_index}#prob 0.2` or
+`--train#random_transforms#{example_index}#{example_arg} "{example_value}"`, and the whole training chain with
+`--train#preprocessing#transforms`, e.g. without augmentation:
+`--train#preprocessing#transforms "\\$@train#deterministic_transforms + @train#normalize_transforms"`.
 
 ## Training configuration
 
@@ -589,7 +674,30 @@ def _readme(name, d):
         subset_note="; `test_subsets.csv`: Test A, Test B and pooled" if name == "glas" else "",
         references="\n".join(f"- {r}" for r in REFERENCES + d["refs"]),
         expected=expected,
+        **_augment_card(d),
     )
+
+
+def _value(v) -> str:
+    return json.dumps(v)
+
+
+def _augment_card(d: dict) -> dict:
+    """The card's list of ``train#random_transforms`` (index, transform, probability, arguments, why) and an
+    override example, written from the entries themselves."""
+    lines = []
+    for i, (t, why) in enumerate(_augmentations(d)):
+        args = ", ".join(f"{k} {_value(v)}" for k, v in t.items()
+                         if k not in ("_target_", "keys", "prob", "mode", "padding_mode"))
+        lines.append(f"  - `{i}` `{t['_target_'].split('.')[-1]}` (prob {t['prob']}; {args}): {why}")
+    lines.append(f"  - `{len(lines)}` `EnsureTyped`: plain float tensors for the batches")
+    own = [(i, t) for i, (t, _) in enumerate(_augmentations(d)) if t["_target_"].startswith(_OWN)]
+    index, first = own[0]
+    arg = next(k for k in first if k not in ("_target_", "keys", "prob"))
+    names = sorted({t["_target_"].split(".")[-1] for _, t in own})
+    return {"augment_list": "\n".join(lines), "domain": d["augment"], "augment_why": AUGMENTATIONS[d["augment"]][0],
+            "own_augment": ", ".join(f"`{n}`" for n in names), "example_index": index, "example_arg": arg,
+            "example_value": _value(first[arg]).replace(" ", "")}
 
 
 _SHORT_LIST = re.compile(r'\[\s*((?:-?[0-9.]+|"[^",\[\]]{0,24}"|null|true|false)'

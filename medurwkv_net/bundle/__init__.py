@@ -30,6 +30,8 @@ copy the folder and change the ids at the top of each config and the transform l
     MONAI transforms listed in the JSON; validation reuses the first list with a ``%`` macro,
     ``train#preprocessing`` joins both. Override an entry from the command line, e.g.
     ``--train#random_transforms#0#prob 0.2``, or the whole chain with ``--train#preprocessing#transforms``.
+    The photo bundles augment the 0..1 image and normalise after it: ``train#normalize_transforms``
+    (ImageNet mean/std) follows ``train#random_transforms`` and is appended to validation's chain too.
 ``pretrained`` / ``freeze_epochs``
     ImageNet-pretrained VRWKV encoder (``--pretrained True``), and how many leading epochs it stays
     frozen (:class:`EncoderFreezeHandler`; paper recipe: 5 when pretrained, 0 from scratch). Evaluation

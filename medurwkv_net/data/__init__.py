@@ -1,5 +1,6 @@
-"""Readers of the public dataset releases, datalist building, and the transforms that turn the
-releases' masks into labels (:class:`LoadMaskd`) and images into the network's channels.
+"""Readers of the public dataset releases, datalist building, the transforms that turn the releases'
+masks into labels (:class:`LoadMaskd`) and images into the network's channels, and the photo
+augmentations MONAI lacks (:mod:`medurwkv_net.data.augment`: colour, H&E stain, JPEG, speckle).
 
 Command: ``medurwkv-net prepare-data DATASET DATASET_DIR [--output datalist.json] [--seed 0]``
 (:mod:`medurwkv_net.cli.prepare_data`).
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from medurwkv_net.core import errors as _errors
 
+from .augment import RandColorJitterd, RandHEStainJitterd, RandJPEGd, RandSpeckleNoised
 from .releases import (
     RELEASES,
     Release,
@@ -46,7 +48,7 @@ __all__ = [
     "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
     "read_kvasir", "read_release", "read_tdd", "seeded_split", "write_datalist",
     "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "describe_datalist",
-    "prepare_datalist", "split_images",
+    "prepare_datalist", "split_images", "RandColorJitterd", "RandHEStainJitterd", "RandJPEGd", "RandSpeckleNoised",
 ]
 
 

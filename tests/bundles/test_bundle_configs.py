@@ -44,9 +44,19 @@ def test_transforms_are_declared_monai_classes(name):
     train = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())
     targets = [t["_target_"] for t in train["train"]["deterministic_transforms"] + train["train"]["random_transforms"]]
     own = [t for t in targets if "." in t]
-    # project transforms only where MONAI has none: channel conversion and the releases' mask files
-    assert set(own) <= {"medurwkv_net.data.EnsureChannelsd", "medurwkv_net.data.LoadMaskd"}, own
-    assert train["validate"]["preprocessing"]["transforms"] == "%train#deterministic_transforms"
+    # project transforms only where MONAI has none: channel conversion, the releases' mask files, and the
+    # photo bundles' colour, stain, JPEG and speckle augmentations
+    augment = {f"medurwkv_net.data.{n}" for n in ("RandColorJitterd", "RandHEStainJitterd", "RandJPEGd",
+                                                  "RandSpeckleNoised")}
+    allowed = {"medurwkv_net.data.EnsureChannelsd", "medurwkv_net.data.LoadMaskd"}
+    assert set(own) <= allowed | (augment if name in PHOTO else set()), own
+    if name in PHOTO:  # augmented in 0..1, normalised after: validation takes both chains, as copies
+        assert train["validate"]["deterministic_transforms"] == "%train#deterministic_transforms"
+        assert train["validate"]["normalize_transforms"] == "%train#normalize_transforms"
+        assert train["validate"]["preprocessing"]["transforms"] == (
+            "$@validate#deterministic_transforms + @validate#normalize_transforms")
+    else:
+        assert train["validate"]["preprocessing"]["transforms"] == "%train#deterministic_transforms"
     assert "test" not in train  # training never scores the test split
 
 

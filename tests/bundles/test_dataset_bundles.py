@@ -106,7 +106,8 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
     image_folder = {"tdd": rel.release_root / "Radiographs",  # grey .JPG radiographs
                     "isic2017": rel.release_root / "ISIC-2017_Test_v2_Data"}.get(dataset)  # with superpixel maps
 
-    _cli(bundle, "training", "--config_file", "configs/train.json", **common)
+    # every augmentation of the domain's chain applied to every training image of the epoch
+    _cli(bundle, "training", "--config_file", "configs/train.json", **common, **_always_augment(bundle))
     assert (bundle / "models" / "model.pt").is_file()
     datalist = json.loads((bundle / "datalist.json").read_text())
     assert datalist["dataset"] == dataset
@@ -147,6 +148,110 @@ def test_bundle_trains_evaluates_and_infers(tmp_path, dataset):
         _check_predictions(tmp_path / "pred", inputs)
         written = sorted(os.listdir(tmp_path / "pred"))
         assert len(written) == len(inputs) and not any("superpixels" in n for n in written), written
+
+
+# the domain's augmentations each photo bundle must train with (issue: robust recipes)
+DOMAIN_AUGMENTATIONS = {
+    "isic2017": {"medurwkv_net.data.RandColorJitterd", "RandGaussianSmoothd", "medurwkv_net.data.RandJPEGd"},
+    "isic2018": {"medurwkv_net.data.RandColorJitterd", "RandGaussianSmoothd", "medurwkv_net.data.RandJPEGd"},
+    "kvasir": {"medurwkv_net.data.RandColorJitterd", "RandGaussianSmoothd", "medurwkv_net.data.RandJPEGd"},
+    "glas": {"medurwkv_net.data.RandHEStainJitterd", "medurwkv_net.data.RandColorJitterd", "RandGaussianSmoothd"},
+    "tdd": {"medurwkv_net.data.RandColorJitterd", "RandAdjustContrastd", "RandGaussianNoised", "RandGaussianSmoothd",
+            "medurwkv_net.data.RandJPEGd"},
+    "busi": {"medurwkv_net.data.RandSpeckleNoised", "RandAdjustContrastd", "medurwkv_net.data.RandColorJitterd",
+             "RandGaussianSmoothd"},
+}
+GEOMETRIC = {"RandFlipd", "RandRotate90d", "RandZoomd"}
+
+
+def _random_entries(bundle: Path) -> list[tuple[int, dict]]:
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    return [(i, t) for i, t in enumerate(train["train"]["random_transforms"]) if "prob" in t]
+
+
+def _always_augment(bundle: Path) -> dict:
+    """Command-line overrides that set every random transform's probability to 1."""
+    return {f"train#random_transforms#{i}#prob": 1.0 for i, _ in _random_entries(bundle)}
+
+
+def _parser(bundle: Path, config: str = "train.json", **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser.update({"bundle_root": str(bundle), **overrides})
+    return parser
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_training_chain_applies_the_domain_augmentations(tmp_path, dataset):
+    """The JSON chain holds the domain's augmentations between the 0..1 image and the normalisation; each one,
+    alone at probability 1, changes a miniature case of the release; validation (resize, then normalise) gives
+    the tensors of inference.json (normalise, then resize)."""
+    import torch
+
+    from medurwkv_net.data import prepare_datalist
+
+    bundle = REPO / "bundles" / f"medurwkv_{dataset}"
+    entries = _random_entries(bundle)
+    targets = {t["_target_"] for _, t in entries}
+    assert DOMAIN_AUGMENTATIONS[dataset] <= targets and targets <= DOMAIN_AUGMENTATIONS[dataset] | GEOMETRIC, targets
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    assert train["train"]["preprocessing"]["transforms"] == (
+        "$@train#deterministic_transforms + @train#random_transforms + @train#normalize_transforms")
+    assert [t["_target_"] for t in train["train"]["normalize_transforms"]] == ["NormalizeIntensityd"]
+    assert "NormalizeIntensityd" not in str(train["train"]["deterministic_transforms"])
+
+    rel = _synthetic().make_release(dataset, tmp_path / "unpacked", **SMALL[dataset])
+    case = json.loads(Path(prepare_datalist(dataset, str(rel.dataset_dir), str(tmp_path / "d.json"))).read_text())
+    case = case["training"][0]
+    size = {"spatial_size": [48, 40]}
+
+    def run(probs: dict) -> torch.Tensor:
+        parser = _parser(bundle, **size, **{f"train#random_transforms#{i}#prob": probs.get(i, 0.0) for i, _ in entries})
+        chain = parser.get_parsed_content("train#preprocessing")
+        chain.set_random_state(0)
+        out = chain(dict(case))
+        assert out["image"].shape == (train["in_channels"], 48, 40) and out["label"].shape == (1, 48, 40)
+        assert bool(torch.isfinite(out["image"]).all())
+        return torch.as_tensor(out["image"])
+
+    plain = run({})
+    for i, t in entries:
+        if t["_target_"] not in GEOMETRIC:
+            assert not torch.equal(run({i: 1.0}), plain), (dataset, i, t["_target_"])
+    if dataset == "busi":  # grey ultrasound stored as RGB stays grey through every augmentation
+        from monai.transforms import Compose
+
+        parser = _parser(bundle, **size, **{f"train#random_transforms#{i}#prob": 1.0 for i, _ in entries})
+        loaded = Compose(parser.get_parsed_content("train#deterministic_transforms"))(dict(case))
+        loaded["image"] = loaded["image"][:1].repeat(3, 1, 1)  # a grey image, as EnsureChannelsd reads one
+        grey = Compose(parser.get_parsed_content("train#random_transforms"))(loaded)["image"]
+        assert not torch.equal(grey, loaded["image"])
+        assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+
+    validation = _parser(bundle, **size).get_parsed_content("validate#preprocessing")(dict(case))["image"]
+    torch.testing.assert_close(torch.as_tensor(validation), plain)  # validation = training without augmentation
+    inference = _parser(bundle, "inference.json", **size).get_parsed_content("preprocessing")
+    torch.testing.assert_close(torch.as_tensor(inference({"image": case["image"]})["image"]),
+                               torch.as_tensor(validation), atol=1e-5, rtol=0)
+
+
+def test_augmentation_probabilities_and_ranges_are_config_ids():
+    """What `--train#random_transforms#N#<arg> ...` on the command line sets (monai.bundle.run updates the
+    parser with the overrides the same way)."""
+    bundle = REPO / "bundles" / "medurwkv_glas"
+    stain = next(i for i, t in _random_entries(bundle) if t["_target_"].endswith("RandHEStainJitterd"))
+    parser = _parser(bundle, **{f"train#random_transforms#{stain}#prob": 0.25,
+                                f"train#random_transforms#{stain}#alpha": [0.8, 1.2],
+                                f"train#random_transforms#{stain}#beta": 0.1})
+    t = parser.get_parsed_content(f"train#random_transforms#{stain}")
+    assert type(t).__name__ == "RandHEStainJitterd" and t.prob == 0.25
+    assert t.alpha_range == (0.8, 1.2) and t.beta_range == (-0.1, 0.1)
+    bad = _parser(bundle, **{f"train#random_transforms#{stain}#alpha": [1.2, 0.8]})
+    with pytest.raises(Exception) as e:  # MONAI names the component; the cause names the argument
+        bad.get_parsed_content(f"train#random_transforms#{stain}")
+    assert "RandHEStainJitterd: alpha range [1.2, 0.8] has low > high" in str(e.value.__cause__)
 
 
 def _no_hub(tmp_path: Path) -> dict:
