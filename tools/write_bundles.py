@@ -430,9 +430,9 @@ Med-URWKV ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Se
 arXiv:2506.10858) is a pure-RWKV U-Net: its encoder is the Vision-RWKV tiny (VRWKV-T) backbone, pretrained
 on ImageNet-1K, and its decoder is made of RWKV blocks.
 `medurwkv_net.create_medurwkv(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`
-(a `medurwkv_net.MedURWKV`), about 14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo `OpenGVLab/Vision-RWKV`
-(`pretrained: true`{chan_note}), used by training only: evaluation and inference build the network with
-`pretrained: false` and read `models/model.pt`.
+(a `medurwkv_net.MedURWKV`), about 14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo
+`OpenGVLab/Vision-RWKV` (`pretrained: true`{chan_note}), used by training only: evaluation and inference build
+the network with `pretrained: false` and read `models/model.pt`.
 
 ## Data
 
