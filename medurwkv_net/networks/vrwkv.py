@@ -170,7 +170,7 @@ class VRWKV(nn.Module):
         self.interpolate_mode = mode
         self.final_norm = bool(final_norm)
         self.grad_checkpointing = deprecated_checkpoint_flag(name, "with_cp", with_cp, grad_checkpointing)
-        self.out_indices: List[int] = self._normalise_indices(out_indices, name)
+        self.out_indices: List[int] = self._normalise_indices(out_indices, f"{name}: out_indices")
 
         if spatial_dims == 2:
             self.patch_embed: nn.Module = PatchEmbed(2, in_channels, embed_dims, patch[0])
@@ -193,13 +193,14 @@ class VRWKV(nn.Module):
         if self.final_norm:
             self.ln1 = nn.LayerNorm(embed_dims)
 
-    def _normalise_indices(self, indices: Union[int, Sequence[int]], name: str) -> List[int]:
+    def _normalise_indices(self, indices: Union[int, Sequence[int]], what: str) -> List[int]:
+        """Block indices in ``0..depth-1`` (negative ones count from the end); ValueError naming ``what``."""
         idx = [indices] if isinstance(indices, int) else list(indices)
         out = []
         for i in idx:
             j = int(i) + self.depth if int(i) < 0 else int(i)
             if not 0 <= j < self.depth:
-                raise ValueError(f"{name}: block index {i} is out of range for depth {self.depth}.")
+                raise ValueError(f"{what} entry {i} is out of range for depth {self.depth}.")
             out.append(j)
         return out
 
@@ -238,8 +239,8 @@ class VRWKV(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         layout = "[B, C, H, W]" if self.spatial_dims == 2 else "[B, C, H, W, D]"
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"{type(self).__name__} (spatial_dims={self.spatial_dims}) expects a {layout} input "
-                             f"({self.spatial_dims + 2} dims), got shape {shape_str(x)}.")
+            raise ValueError(f"{type(self).__name__} expects a {layout} input ({self.spatial_dims + 2} dims), "
+                             f"got shape {shape_str(x)}.")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, got shape "
                              f"{shape_str(x)}.")
@@ -284,7 +285,7 @@ class VRWKV(nn.Module):
                 raise ValueError(f"{type(self).__name__}: indices={indices} must be in 1..{self.depth} blocks.")
             take = list(range(self.depth - indices, self.depth))
         else:
-            take = self._normalise_indices(indices, type(self).__name__)
+            take = self._normalise_indices(indices, f"{type(self).__name__}.forward_intermediates: indices")
         run = sorted(set(take) | {self.depth - 1})
         outs, grid = self._run(x, run)
         by_idx = dict(zip(run, outs))
