@@ -119,7 +119,14 @@ class MedURWKV(nn.Module):
                 "medurwkv_net.pretrained.load_pretrained(net, source)."
             )
         depths, final = check_unet_args(
-            name, in_channels, out_channels, feature_size, bottleneck_depth, encoder, out_indices, decoder_depths,
+            name,
+            in_channels,
+            out_channels,
+            feature_size,
+            bottleneck_depth,
+            encoder,
+            out_indices,
+            decoder_depths,
             final_dims,
         )
         patch = _unet_patch(name, spatial_dims, patch_size)
@@ -129,18 +136,21 @@ class MedURWKV(nn.Module):
         self.out_channels = out_channels
         self.input_skip = bool(input_skip)
         self.check_finite = bool(check_finite)
-        self.grad_checkpointing = deprecated_checkpoint_flag(name, "use_checkpoint", use_checkpoint,
-                                                             grad_checkpointing)
+        self.grad_checkpointing = deprecated_checkpoint_flag(name, "use_checkpoint", use_checkpoint, grad_checkpointing)
         self.patch_size: List[int] = list(patch)
         self.pad_multiple: List[int] = [2 * p for p in patch]
         self.input_layout = "[B, C, H, W]" if spatial_dims == 2 else "[B, C, H, W, D]"
         #: the weight source the encoder was filled from (set by :func:`medurwkv_net.create_medurwkv`)
         self.pretrained_source: Optional[str] = None
         self.encoder = create_vrwkv(
-            encoder, spatial_dims=spatial_dims, in_channels=in_channels,
+            encoder,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
             img_size=_DEFAULT_IMG_SIZE[spatial_dims] if img_size is None else img_size,
-            patch_size=patch[0] if spatial_dims == 2 else patch, out_indices=tuple(out_indices),
-            drop_path_rate=encoder_drop_path_rate, grad_checkpointing=self.grad_checkpointing,
+            patch_size=patch[0] if spatial_dims == 2 else patch,
+            out_indices=tuple(out_indices),
+            drop_path_rate=encoder_drop_path_rate,
+            grad_checkpointing=self.grad_checkpointing,
         )
         quarter = [p // 4 for p in patch]
         if spatial_dims == 2:
@@ -149,12 +159,25 @@ class MedURWKV(nn.Module):
         else:
             stem = VolumePatchEmbed(in_channels, feature_size, quarter)
             final_expand = VolumePatchExpand(feature_size, final, quarter)
-        self._build_decoder(feature_size, bottleneck_depth, depths, drop_path_rate, final,
-                            stem if self.input_skip else None, final_expand)
+        self._build_decoder(
+            feature_size,
+            bottleneck_depth,
+            depths,
+            drop_path_rate,
+            final,
+            stem if self.input_skip else None,
+            final_expand,
+        )
 
     def _build_decoder(
-        self, feature_size: int, bottleneck_depth: int, decoder_depths: Sequence[int], drop_path_rate: float,
-        final_dims: int, stem: Optional[nn.Module], final_expand: nn.Module,
+        self,
+        feature_size: int,
+        bottleneck_depth: int,
+        decoder_depths: Sequence[int],
+        drop_path_rate: float,
+        final_dims: int,
+        stem: Optional[nn.Module],
+        final_expand: nn.Module,
     ) -> None:
         """Skip projections, bottleneck, decoder and head (the module names are the checkpoint format)."""
         sd = self.spatial_dims
@@ -169,8 +192,10 @@ class MedURWKV(nn.Module):
 
         def blocks(width: int, depth: int, start: int) -> BlockStack:
             stack = BlockStack(
-                [VRWKVBlock(width, layer_id=i, num_layers=depth, drop_path=dpr[start + i], use_ln0=False)
-                 for i in range(depth)]
+                [
+                    VRWKVBlock(width, layer_id=i, num_layers=depth, drop_path=dpr[start + i], use_ln0=False)
+                    for i in range(depth)
+                ]
             )
             stack.grad_checkpointing = self.grad_checkpointing
             return stack

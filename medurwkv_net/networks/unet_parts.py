@@ -87,8 +87,12 @@ def check_unet_args(
     Returns:
         ``(decoder_depths, final_dims)`` as ints.
     """
-    for arg, val in (("in_channels", in_channels), ("out_channels", out_channels),
-                     ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
+    for arg, val in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("feature_size", feature_size),
+        ("bottleneck_depth", bottleneck_depth),
+    ):
         if not isinstance(val, int) or isinstance(val, bool) or val < (0 if arg == "bottleneck_depth" else 1):
             raise ValueError(f"{name}: {arg} must be a positive int, got {val!r}.")
     if feature_size % 4 != 0:

@@ -66,8 +66,9 @@ class VolumePatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, embed_dims: int, patch_size: Union[int, Sequence[int]]) -> None:
         super().__init__()
-        self.patch_size: List[int] = list(as_3tuple(patch_size, "patch_size"))
-        self.projection = nn.Conv3d(in_channels, embed_dims, kernel_size=self.patch_size, stride=self.patch_size)
+        patch = as_3tuple(patch_size, "patch_size")
+        self.patch_size: List[int] = list(patch)
+        self.projection = nn.Conv3d(in_channels, embed_dims, kernel_size=patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
         """Embed ``x`` ``[B, C, H, W, D]``; returns tokens ``[B, T, embed_dims]`` and their grid."""

@@ -136,8 +136,12 @@ class VRWKV(nn.Module):
         name = type(self).__name__
         if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
             raise ValueError(f"{name}: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        for arg, val in (("embed_dims", embed_dims), ("depth", depth), ("in_channels", in_channels),
-                         ("hidden_rate", hidden_rate)):
+        for arg, val in (
+            ("embed_dims", embed_dims),
+            ("depth", depth),
+            ("in_channels", in_channels),
+            ("hidden_rate", hidden_rate),
+        ):
             if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"{name}: {arg} must be a positive int, got {val!r}.")
         if embed_dims % 4 != 0:
@@ -154,8 +158,10 @@ class VRWKV(nn.Module):
             raise ValueError(f"{name}: only channel_gamma=0.25 is supported, got {kwargs['channel_gamma']!r}.")
         mode = interpolate_mode or _RESIZE_MODES[spatial_dims][0]
         if mode not in _RESIZE_MODES[spatial_dims]:
-            raise ValueError(f"{name}: interpolate_mode for spatial_dims={spatial_dims} must be one of "
-                             f"{list(_RESIZE_MODES[spatial_dims])}, got {interpolate_mode!r}.")
+            raise ValueError(
+                f"{name}: interpolate_mode for spatial_dims={spatial_dims} must be one of "
+                f"{list(_RESIZE_MODES[spatial_dims])}, got {interpolate_mode!r}."
+            )
         shift_pixel = int(kwargs.get("shift_pixel", 1))
         patch = _patch_sizes(name, spatial_dims, patch_size)
         size = _sizes(name, spatial_dims, img_size)
@@ -185,8 +191,17 @@ class VRWKV(nn.Module):
         dpr = [float(x) for x in torch.linspace(0, drop_path_rate, depth)]
         self.layers = nn.ModuleList(
             [
-                VRWKVBlock(embed_dims, layer_id=i, num_layers=depth, post_norm=post_norm, init_values=init_values,
-                           key_norm=key_norm, drop_path=dpr[i], hidden_rate=hidden_rate, shift_pixel=shift_pixel)
+                VRWKVBlock(
+                    embed_dims,
+                    layer_id=i,
+                    num_layers=depth,
+                    post_norm=post_norm,
+                    init_values=init_values,
+                    key_norm=key_norm,
+                    drop_path=dpr[i],
+                    hidden_rate=hidden_rate,
+                    shift_pixel=shift_pixel,
+                )
                 for i in range(depth)
             ]
         )
@@ -239,11 +254,14 @@ class VRWKV(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         layout = "[B, C, H, W]" if self.spatial_dims == 2 else "[B, C, H, W, D]"
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"{type(self).__name__} expects a {layout} input ({self.spatial_dims + 2} dims), "
-                             f"got shape {shape_str(x)}.")
+            raise ValueError(
+                f"{type(self).__name__} expects a {layout} input ({self.spatial_dims + 2} dims), "
+                f"got shape {shape_str(x)}."
+            )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, got shape "
-                             f"{shape_str(x)}.")
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_channels} input channels, got shape {shape_str(x)}."
+            )
 
     @torch.jit.unused  # a variable-length tuple; scripted networks call forward_tokens
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -340,8 +358,15 @@ class VRWKV3D(VRWKV):
         spatial_dims = kwargs.pop("spatial_dims", 3)
         if spatial_dims != 3:
             raise ValueError(f"VRWKV3D: spatial_dims must be 3, got {spatial_dims!r}; use VRWKV for images.")
-        super().__init__(embed_dims=embed_dims, depth=depth, img_size=img_size, patch_size=patch_size,
-                         in_channels=in_channels, spatial_dims=3, **kwargs)
+        super().__init__(
+            embed_dims=embed_dims,
+            depth=depth,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            spatial_dims=3,
+            **kwargs,
+        )
 
 
 def create_vrwkv(variant: str = "tiny", **kwargs: Any) -> VRWKV:

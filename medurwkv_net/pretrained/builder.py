@@ -75,7 +75,7 @@ def load_pretrained(
     else:
         report = load_vrwkv_weights(encoder, source, strict=strict, cache_dir=cache_dir, sha256=sha256)
     if hasattr(net, "pretrained_source"):
-        net.pretrained_source = os.fspath(source)
+        setattr(net, "pretrained_source", os.fspath(source))
     return report
 
 

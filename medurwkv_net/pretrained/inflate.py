@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -97,7 +97,7 @@ def inflate_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     Returns:
         the state dict with the patch kernel and position embedding inflated; other entries unchanged.
     """
-    enc = getattr(model, "encoder", model)
+    enc: Any = getattr(model, "encoder", model)
     if getattr(enc, "spatial_dims", None) != 3 or not hasattr(enc, "pos_grid"):
         raise ValueError(
             f"inflate_state_dict: the model must be a 3D VRWKV (spatial_dims=3) or hold one as .encoder, got "

@@ -66,12 +66,15 @@ class PretrainedCfg:
 # have been read from the Hub (the file page shows the LFS SHA-256). Until then every download is checked
 # against the hash the Hub publishes for it.
 PRETRAINED_CFGS: Dict[str, PretrainedCfg] = {
-    "vrwkv_t_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_t_in1k_224.pth", variant="tiny",
-                                      architecture="VRWKV-T ImageNet-1K 224"),
-    "vrwkv_s_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_s_in1k_224.pth", variant="small",
-                                      architecture="VRWKV-S ImageNet-1K 224"),
-    "vrwkv_b_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_b_in1k_224.pth", variant="base",
-                                      architecture="VRWKV-B ImageNet-1K 224"),
+    "vrwkv_t_in1k_224": PretrainedCfg(
+        "OpenGVLab/Vision-RWKV", "vrwkv_t_in1k_224.pth", variant="tiny", architecture="VRWKV-T ImageNet-1K 224"
+    ),
+    "vrwkv_s_in1k_224": PretrainedCfg(
+        "OpenGVLab/Vision-RWKV", "vrwkv_s_in1k_224.pth", variant="small", architecture="VRWKV-S ImageNet-1K 224"
+    ),
+    "vrwkv_b_in1k_224": PretrainedCfg(
+        "OpenGVLab/Vision-RWKV", "vrwkv_b_in1k_224.pth", variant="base", architecture="VRWKV-B ImageNet-1K 224"
+    ),
 }
 
 #: short names; the encoder variant names (``tiny``, ``small``, ``base``) are what ``pretrained=True`` loads

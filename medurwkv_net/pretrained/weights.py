@@ -257,7 +257,7 @@ def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _encoder_of(model: nn.Module) -> nn.Module:
+def _encoder_of(model: nn.Module) -> Any:
     enc = getattr(model, "encoder", None)
     return enc if isinstance(enc, nn.Module) and hasattr(enc, "pos_embed") else model
 
@@ -272,19 +272,19 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Optional[nn.Modul
     sd = _strip(_unwrap(state_dict, "state_dict"))
     if model is None:
         return sd
-    model = _encoder_of(model)
+    enc = _encoder_of(model)
     pos = sd.get("pos_embed")
-    if pos is not None and hasattr(model, "pos_embed") and pos.ndim == 3:
-        target = model.pos_embed
+    if pos is not None and hasattr(enc, "pos_embed") and pos.ndim == 3:
+        target = enc.pos_embed
         if pos.shape[1] != target.shape[1] and pos.shape[2] == target.shape[2]:
             n = int(round(math.sqrt(pos.shape[1])))
             if n * n != pos.shape[1]:
                 raise ValueError(f"checkpoint pos_embed {tuple(pos.shape)} is not a square grid; cannot resize.")
-            sd["pos_embed"] = resize_pos_embed(pos, [n, n], list(model.pos_grid), "bicubic")
+            sd["pos_embed"] = resize_pos_embed(pos, [n, n], list(enc.pos_grid), "bicubic")
     key = "patch_embed.projection.weight"
     w = sd.get(key)
-    if w is not None and hasattr(model, "in_channels") and w.ndim >= 3 and w.shape[1] != model.in_channels:
-        sd[key] = adapt_input_conv(w, int(model.in_channels))
+    if w is not None and hasattr(enc, "in_channels") and w.ndim >= 3 and w.shape[1] != enc.in_channels:
+        sd[key] = adapt_input_conv(w, int(enc.in_channels))
     return sd
 
 
