@@ -47,10 +47,10 @@ LABELS = {"medurwkv": "MedURWKV-tiny 3D", "swinunetr48": "SwinUNETR fs48", "unet
 def build(name: str, size: int) -> torch.nn.Module:
     from monai.networks.nets import UNETR, SwinUNETR
 
-    from medurwkv_net.networks.volumetric import MedURWKV3D
+    from medurwkv_net import MedURWKV
 
     if name == "medurwkv":
-        return MedURWKV3D(in_channels=1, out_channels=2, img_size=96, encoder="tiny", feature_size=48)
+        return MedURWKV(spatial_dims=3, in_channels=1, out_channels=2, img_size=96, encoder="tiny", feature_size=48)
     if name == "swinunetr48":
         return SwinUNETR(in_channels=1, out_channels=2, feature_size=48, spatial_dims=3)
     if name == "unetr":

@@ -1,5 +1,8 @@
 """Med-URWKV: pure-RWKV U-Net for medical image segmentation, for MONAI.
 
+Entry points: :class:`MedURWKV` (the network, 2D or 3D by ``spatial_dims``; no weight loading) and
+:func:`create_medurwkv` (builds it and loads ImageNet weights with ``pretrained=...``).
+
 Public names are imported on first use, so that ``python -m medurwkv_net`` commands and bundle
 subprocesses do not pay for importing the networks (and MONAI) when they do not need them.
 """
@@ -12,6 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MedURWKV": ".networks.medurwkv",
+    "create_medurwkv": ".pretrained.builder",
     "MedURWKV3D": ".networks.volumetric",
     "VRWKV": ".networks.vrwkv",
     "vrwkv_tiny": ".networks.vrwkv",
@@ -33,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .networks.vrwkv import vrwkv_small as vrwkv_small
     from .networks.vrwkv import vrwkv_tiny as vrwkv_tiny
     from .pretrained import convert_weights as convert_weights
+    from .pretrained import create_medurwkv as create_medurwkv
     from .pretrained import load_vrwkv_weights as load_vrwkv_weights
 
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from medurwkv_net.data.releases import get_release
+from medurwkv_net.pretrained.registry import get_pretrained_cfg
 
 __all__ = ["DATASETS", "render_bundle", "write_bundles"]
 
@@ -216,8 +217,8 @@ def _swap_imports(imports: list[str]) -> list[str]:
 
 
 FOLDER_LAYOUT = ("tdd",)  # images/ + masks/ releases: the sub-folder names are config ids
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the VRWKV encoder's ImageNet normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = get_pretrained_cfg("tiny").mean  # the VRWKV encoder's ImageNet normalisation (pretrained registry)
+IMAGENET_STD = get_pretrained_cfg("tiny").std
 IMAGE_LABEL = ["image", "label"]
 
 
@@ -505,10 +506,10 @@ download` and MONAI Label's monaibundle app use it as is. Not for clinical use.
 Med-URWKV ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation",
 arXiv:2506.10858) is a pure-RWKV U-Net: its encoder is the Vision-RWKV tiny (VRWKV-T) backbone, pretrained
 on ImageNet-1K, and its decoder is made of RWKV blocks.
-`medurwkv_net.MedURWKV(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`, about
-14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo `OpenGVLab/Vision-RWKV`
-(`pretrained: true`{chan_note}), used by training only: evaluation and inference build the network with
-`pretrained: false` and read `models/model.pt`.
+`medurwkv_net.create_medurwkv(spatial_dims=2, in_channels={in_channels}, out_channels=2, encoder="tiny")`
+(a `medurwkv_net.MedURWKV`), about 14M parameters; encoder weights `vrwkv_t_in1k_224.pth` from the Hub repo
+`OpenGVLab/Vision-RWKV` (`pretrained: true`{chan_note}), used by training only: evaluation and inference build
+the network with `pretrained: false` and read `models/model.pt`.
 
 ## Data
 

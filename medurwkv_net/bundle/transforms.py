@@ -73,6 +73,7 @@ from monai.transforms import (
 )
 
 from medurwkv_net.data.transforms import EnsureChannelsd, LoadMaskd
+from medurwkv_net.pretrained.registry import get_pretrained_cfg
 from medurwkv_net.reliability.inference import SafeSimpleInferer, SafeSlidingWindowInferer
 
 __all__ = [
@@ -91,8 +92,9 @@ INTENSITY_MODES = ("minmax", "imagenet")
 LABEL_MODES = ("index", "mask")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: normalisation of the ImageNet-pretrained encoder, from the pretrained registry (the default VRWKV-T release)
+IMAGENET_MEAN = get_pretrained_cfg("tiny").mean
+IMAGENET_STD = get_pretrained_cfg("tiny").std
 
 
 def _source_name(d: Mapping, key: Hashable) -> str:

@@ -1,191 +1,97 @@
-"""Med-URWKV: a pure-RWKV U-Net with a (pre-trainable) Vision-RWKV encoder (docs/DESIGN.md section 4)."""
+"""Med-URWKV: a pure-RWKV U-Net with a Vision-RWKV encoder, for images and volumes (docs/DESIGN.md section 4).
+
+The network class does no I/O: ImageNet weights are loaded by :func:`medurwkv_net.create_medurwkv`
+(``pretrained=...``), which builds this class and then fills its encoder (:mod:`medurwkv_net.pretrained`).
+"""
+
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import PatchEmbed, PatchExpand, PatchMerge, VRWKVBlock, exporting, shape_str
-from .vrwkv import VRWKV_VARIANTS, _checkpointed, create_vrwkv
+from .unet_parts import BlockStack, Fuse, Project, check_finite_input, check_unet_args, plain_tensor
+from .volume_blocks import VolumePatchEmbed, VolumePatchExpand, as_3tuple
+from .vrwkv import create_vrwkv, deprecated_checkpoint_flag
 
 __all__ = ["MedURWKV", "check_finite_input"]
 
-_PRETRAINED_NAMES = {"tiny": "vrwkv_t_in1k_224", "small": "vrwkv_s_in1k_224", "base": "vrwkv_b_in1k_224"}
-
-
-def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """Drop a tensor subclass such as MONAI's MetaTensor: its metadata tracking runs on every op of the
-    network (slow) and fails inside the Bi-WKV op for batched inputs. The output is a plain tensor;
-    MONAI's inferers and ``Invertd`` restore the metadata from the input."""
-    if torch.jit.is_scripting():  # a scripted model only ever sees plain tensors
-        return x
-    return _drop_subclass(x)
-
-
-@torch.jit.unused
-def _drop_subclass(x: torch.Tensor) -> torch.Tensor:
-    if type(x) is not torch.Tensor and hasattr(x, "as_tensor"):
-        return x.as_tensor()
-    return x
-
-
-def check_finite_input(x: torch.Tensor, name: str = "MedURWKV input") -> None:
-    """Raise ValueError when ``x`` holds NaN or Inf values, naming how many of each and the shape.
-
-    Reads every value (a device synchronisation on GPU): a data check for inferers and data pipelines,
-    outside the network's forward (the network computes NaN/Inf outputs from NaN/Inf inputs).
-    :func:`medurwkv_net.reliability.validate_image` runs the same check for the inferers.
-    """
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        n_nan = int(torch.isnan(x).sum())
-        n_inf = int((~finite).sum()) - n_nan
-        raise ValueError(f"{name} of shape {tuple(x.shape)} contains {n_nan} NaN and {n_inf} Inf values.")
-
-
-def _check_unet_args(
-    name: str, in_channels: int, out_channels: int, feature_size: int, bottleneck_depth: int, encoder: str,
-    out_indices: Sequence[int], decoder_depths: Sequence[int], final_dims: Optional[int],
-) -> Tuple[Tuple[int, ...], int]:
-    """Validate the arguments the 2D and 3D models share; returns (decoder_depths, final_dims)."""
-    for arg, val in (("in_channels", in_channels), ("out_channels", out_channels),
-                     ("feature_size", feature_size), ("bottleneck_depth", bottleneck_depth)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < (0 if arg == "bottleneck_depth" else 1):
-            raise ValueError(f"{name}: {arg} must be a positive int, got {val!r}.")
-    if encoder not in VRWKV_VARIANTS:
-        raise ValueError(f"{name}: unknown encoder {encoder!r}; choose one of {sorted(VRWKV_VARIANTS)}.")
-    if len(tuple(out_indices)) != 4:
-        raise ValueError(f"{name}: out_indices needs 4 encoder blocks (strides 4/8/16/32), got {out_indices!r}.")
-    depths = tuple(int(d) for d in decoder_depths)
-    if len(depths) != 3 or any(d < 0 for d in depths):
-        raise ValueError(f"{name}: decoder_depths must be 3 non-negative ints, got {decoder_depths!r}.")
-    final = feature_size // 2 if final_dims is None else int(final_dims)
-    if final < 1:
-        raise ValueError(f"{name}: final_dims must be positive, got {final}.")
-    return depths, final
-
-
-class _Fuse(nn.Module):
-    """Concatenate along channels, LayerNorm, Linear to ``out_dims``."""
-
-    def __init__(self, in_dims: int, out_dims: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(in_dims)
-        self.proj = nn.Linear(in_dims, out_dims)
-
-    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
-        dtype = xs[0].dtype
-        return self.proj(self.norm(torch.cat([t.to(dtype) for t in xs], dim=-1)))
-
-
-class _Project(nn.Module):
-    """Linear then LayerNorm (stride-16 skip projection)."""
-
-    def __init__(self, in_dims: int, out_dims: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_dims, out_dims, bias=False)
-        self.norm = nn.LayerNorm(out_dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x))
-
-
-class _BlockStack(nn.Sequential):
-    """VRWKV blocks run in order on one token grid; children are named ``0``, ``1``, ... (the parameter names
-    of a ``ModuleList``). ``use_checkpoint`` recomputes their activations in the backward pass."""
-
-    def __init__(self, blocks: List[nn.Module]) -> None:
-        super().__init__(*blocks)
-        self.use_checkpoint = False
-
-    def forward(self, x: torch.Tensor, grid: List[int]) -> torch.Tensor:  # type: ignore[override]
-        for blk in self:
-            if torch.jit.is_scripting():  # a scripted model runs inference: no gradient checkpointing
-                x = blk(x, grid)
-            elif self.use_checkpoint and self.training and x.requires_grad and not torch.jit.is_tracing():
-                x = _checkpointed(blk, x, grid)
-            else:
-                x = blk(x, grid)
-        return x
+_DEFAULT_IMG_SIZE = {2: 224, 3: 96}
 
 
 class MedURWKV(nn.Module):
-    """Med-URWKV ("Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation",
-    arXiv 2506.10858), re-implemented from the paper and our design decisions (docs/DESIGN.md section 4).
+    """Med-URWKV for 2D images and 3D volumes (``spatial_dims`` 2 or 3), without weight loading.
 
-    Architecture (2D, strides relative to the padded input):
+    "Med-URWKV: Pure RWKV With ImageNet Pre-training For Medical Image Segmentation" (arXiv 2506.10858),
+    re-implemented from the paper and our design decisions (docs/DESIGN.md section 4); the 3D form is this
+    project's extension. With patch size ``p`` (16 by default; strides relative to the padded input):
 
-    - encoder: a plain Vision-RWKV (``self.encoder``, released checkpoints load into it); the outputs of
-      blocks ``out_indices`` (default 3, 6, 9, 12, all at stride 16) are brought to strides 4 / 8 / 16 / 32 by
-      linear patch expanding x4 / x2, a linear projection, and patch merging, with widths
-      ``feature_size * (1, 2, 4, 8)``;
-    - bottleneck: ``bottleneck_depth`` VRWKV blocks on the stride-32 feature;
-    - decoder: three stages (stride 16, 8, 4), each patch expanding x2, concatenation of the skip, a linear fuse
-      and ``decoder_depths[i]`` VRWKV blocks; the stride-4 stage also receives a linear 4x4 patch embedding of
-      the image itself (``input_skip``), which carries pixel detail the stride-16 encoder cannot;
-    - head: learnable patch expanding x4 to full resolution (``final_dims`` channels), concatenated with the
-      input image (``input_skip``), a point-wise ``Linear-GELU`` and a point-wise linear layer (a 1x1 conv) to
-      ``out_channels``.
+    - encoder: a plain Vision-RWKV (``self.encoder``, :class:`~medurwkv_net.networks.vrwkv.VRWKV` with the same
+      ``spatial_dims``; released checkpoints load into it); the outputs of blocks ``out_indices`` (all at
+      stride ``p``) are brought to strides ``p/4, p/2, p, 2p`` by linear patch expanding x4 / x2, a linear
+      projection, and patch merging, with widths ``feature_size * (1, 2, 4, 8)``;
+    - bottleneck: ``bottleneck_depth`` VRWKV blocks at stride ``2p``;
+    - decoder: three stages (stride ``p, p/2, p/4``), each patch expanding x2, concatenation of the skip, a
+      linear fuse and ``decoder_depths[i]`` VRWKV blocks; the last stage also receives a linear ``p/4`` patch
+      embedding of the input itself (``input_skip``), which carries detail the stride-``p`` encoder cannot;
+    - head: learnable patch expanding by ``p/4`` to full resolution (``final_dims`` channels), concatenated with
+      the input (``input_skip``), a point-wise ``Linear-GELU`` and a point-wise linear layer to ``out_channels``.
 
-    Any input size works: the input is zero padded (bottom/right) to a multiple of 32 and the output is
-    cropped back to the input's spatial size.
+    Any input size works: the input is zero padded at the end of every axis to a multiple of ``2p`` and the
+    output is cropped back to the input's size. In 3D a volume is ``[B, C, H, W, D]`` (MONAI's convention;
+    ``(H, W)`` is the image plane of a 2D checkpoint), the Q-Shift takes both neighbours along each of the three
+    axes, and patches may be anisotropic (``patch_size=(16, 16, 4)`` for thick slices). Parameter names are the
+    same in 2D and 3D, and the same as in earlier releases (``MedURWKV3D``), so their checkpoints load.
 
     Args:
-        spatial_dims: 2, or 3 for volumes (builds :class:`~medurwkv_net.networks.volumetric.MedURWKV3D`, which also
-            takes ``patch_size`` and inflates ``pretrained`` 2D weights to 3D).
+        spatial_dims: 2 (images ``[B, C, H, W]``) or 3 (volumes ``[B, C, H, W, D]``).
         in_channels: input channels.
         out_channels: output channels (classes, logits).
-        img_size: nominal input size; sets the encoder's position-embedding grid (``img_size / 16``). Other
-            sizes work (the embedding is resized on every forward).
+        img_size: nominal input size (an int or one int per axis); sets the encoder's position-embedding grid
+            ``img_size / patch_size``. Other sizes work (the embedding is resized on every forward). Default: 224
+            in 2D, 96 in 3D.
         encoder: VRWKV variant ``"tiny"``, ``"small"`` or ``"base"``.
-        pretrained: ``False``; ``True`` for the released ImageNet-1K weights of ``encoder``; or a weight source
-            string (local ``.pth``/``.safetensors``, ``hf://owner/repo/file[@rev]``, registry name) passed to
-            :func:`medurwkv_net.load_vrwkv_weights`. The RGB patch embedding is adapted to ``in_channels``: every
-            channel gets the RGB-summed kernel divided by ``in_channels`` (1 channel: the sum over RGB).
-        feature_size: decoder width at stride 4; the widths at strides 4/8/16/32 are ``feature_size * (1, 2, 4, 8)``.
-        out_indices: the four encoder blocks giving the stride 4 / 8 / 16 / 32 features.
-        bottleneck_depth: VRWKV blocks at stride 32.
-        decoder_depths: VRWKV blocks in the decoder stages at stride 16, 8 and 4.
+        feature_size: decoder width at stride ``p/4``; the widths at the four scales are
+            ``feature_size * (1, 2, 4, 8)``.
+        out_indices: the four encoder blocks giving the four scales.
+        bottleneck_depth: VRWKV blocks at stride ``2p``.
+        decoder_depths: VRWKV blocks in the decoder stages at stride ``p``, ``p/2`` and ``p/4``.
         final_dims: channels of the full-resolution features before the head (default ``feature_size // 2``).
-        input_skip: feed the image to the stride-4 decoder stage and to the head (see above).
+        input_skip: feed the input to the last decoder stage and to the head (see above).
         drop_path_rate: stochastic depth of the bottleneck and decoder blocks (linearly increasing).
         encoder_drop_path_rate: stochastic depth of the encoder blocks.
-        use_checkpoint: gradient checkpointing of all VRWKV blocks (see :meth:`set_grad_checkpointing`).
+        grad_checkpointing: gradient checkpointing of all VRWKV blocks (see :meth:`set_grad_checkpointing`).
         check_finite: also check every forward's input for NaN/Inf (:func:`check_finite_input`; skipped while
             tracing, exporting or compiling). Off by default: the check reads every value, a device
             synchronisation per call; validate data with :func:`medurwkv_net.reliability.validate_image`.
-        hf_cache_dir: Hugging Face cache directory for downloads (default: the Hub's).
+        patch_size: encoder patch size, a multiple of 4: an int in 2D, an int or 3 ints in 3D (e.g. 16 or
+            ``(16, 16, 8)``). The released ImageNet weights have 16x16 patches.
+        pretrained: kept so that configs written for earlier releases (``"pretrained": false``) still build;
+            only False or None is accepted. ImageNet weights: :func:`medurwkv_net.create_medurwkv`.
+        use_checkpoint: deprecated name of ``grad_checkpointing`` (accepted with a DeprecationWarning).
 
     Examples::
 
-        # grey-scale input, 3 classes, ImageNet-pretrained VRWKV-T encoder
-        >>> net = MedURWKV(spatial_dims=2, in_channels=1, out_channels=3, img_size=256, pretrained=True)
-        # RGB input of any size, trained from scratch
-        >>> net = MedURWKV(in_channels=3, out_channels=2)
-        >>> net(torch.randn(2, 3, 97, 130)).shape
-        torch.Size([2, 2, 97, 130])
+        # grey-scale input, 3 classes, trained from scratch
+        >>> net = MedURWKV(spatial_dims=2, in_channels=1, out_channels=3, img_size=256)
+        >>> net(torch.randn(2, 1, 97, 130)).shape
+        torch.Size([2, 3, 97, 130])
+        # volumes with thick slices
+        >>> vol = MedURWKV(spatial_dims=3, in_channels=1, out_channels=2, patch_size=(16, 16, 4))
+        # with the ImageNet-pretrained VRWKV-T encoder (inflated to 3D for volumes)
+        >>> net = medurwkv_net.create_medurwkv(spatial_dims=2, in_channels=1, out_channels=3, pretrained=True)
     """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "MedURWKV":
-        # MedURWKV(spatial_dims=3, ...) builds the volumetric model (a MedURWKV subclass; Python then runs its
-        # __init__ with the same arguments)
-        spatial_dims = kwargs.get("spatial_dims", args[0] if args else 2)
-        if cls is MedURWKV and spatial_dims == 3:
-            from .volumetric import MedURWKV3D
-
-            return super().__new__(MedURWKV3D)
-        return super().__new__(cls)
 
     def __init__(
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
         out_channels: int = 2,
-        img_size: Union[int, Sequence[int]] = 224,
+        img_size: Optional[Union[int, Sequence[int]]] = None,
         encoder: str = "tiny",
-        pretrained: Union[bool, str] = False,
         feature_size: int = 48,
         out_indices: Sequence[int] = (2, 5, 8, 11),
         bottleneck_depth: int = 3,
@@ -194,84 +100,121 @@ class MedURWKV(nn.Module):
         input_skip: bool = True,
         drop_path_rate: float = 0.0,
         encoder_drop_path_rate: float = 0.0,
-        use_checkpoint: bool = False,
+        grad_checkpointing: bool = False,
         check_finite: bool = False,
-        hf_cache_dir: Optional[str] = None,
+        patch_size: Union[int, Sequence[int]] = 16,
+        *,
+        pretrained: Any = False,
+        use_checkpoint: Optional[bool] = None,
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:  # 3 never gets here: __new__ builds a MedURWKV3D
-            raise ValueError(f"MedURWKV: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        decoder_depths, final_dims = _check_unet_args(
-            "MedURWKV", in_channels, out_channels, feature_size, bottleneck_depth, encoder, out_indices,
-            decoder_depths, final_dims,
+        name = type(self).__name__
+        if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
+            raise ValueError(f"{name}: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        if pretrained not in (False, None):
+            raise ValueError(
+                f"{name} builds the network only and loads no weights, got pretrained={pretrained!r}. Build it with "
+                "medurwkv_net.create_medurwkv(..., pretrained=...) (in a bundle config: "
+                '"_target_": "medurwkv_net.create_medurwkv"), or load weights into an existing network with '
+                "medurwkv_net.pretrained.load_pretrained(net, source)."
+            )
+        depths, final = check_unet_args(
+            name,
+            in_channels,
+            out_channels,
+            feature_size,
+            bottleneck_depth,
+            encoder,
+            out_indices,
+            decoder_depths,
+            final_dims,
         )
-        if feature_size % 4 != 0:
-            raise ValueError(f"MedURWKV: feature_size must be divisible by 4 (Q-Shift groups), got {feature_size}.")
+        patch = _unet_patch(name, spatial_dims, patch_size)
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.input_skip = bool(input_skip)
         self.check_finite = bool(check_finite)
-        self.use_checkpoint = bool(use_checkpoint)
-        self.encoder = create_vrwkv(
-            encoder, in_channels=in_channels, img_size=img_size, out_indices=tuple(out_indices),
-            drop_path_rate=encoder_drop_path_rate, with_cp=use_checkpoint,
-        )
-        self._build_decoder(
-            self.encoder.embed_dims, feature_size, bottleneck_depth, decoder_depths, drop_path_rate, final_dims,
-            stem=PatchEmbed(2, in_channels, feature_size, 4) if self.input_skip else None,
-            final_expand=PatchExpand(2, feature_size, final_dims, 4),
-        )
-
+        self.grad_checkpointing = deprecated_checkpoint_flag(name, "use_checkpoint", use_checkpoint, grad_checkpointing)
+        self.patch_size: List[int] = list(patch)
+        self.pad_multiple: List[int] = [2 * p for p in patch]
+        self.input_layout = "[B, C, H, W]" if spatial_dims == 2 else "[B, C, H, W, D]"
+        #: the weight source the encoder was filled from (set by :func:`medurwkv_net.create_medurwkv`)
         self.pretrained_source: Optional[str] = None
-        if pretrained:
-            source = _PRETRAINED_NAMES[encoder] if pretrained is True else str(pretrained)
-            from medurwkv_net.pretrained import load_vrwkv_weights
+        self.encoder = create_vrwkv(
+            encoder,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            img_size=_DEFAULT_IMG_SIZE[spatial_dims] if img_size is None else img_size,
+            patch_size=patch[0] if spatial_dims == 2 else patch,
+            out_indices=tuple(out_indices),
+            drop_path_rate=encoder_drop_path_rate,
+            grad_checkpointing=self.grad_checkpointing,
+        )
+        quarter = [p // 4 for p in patch]
+        if spatial_dims == 2:
+            stem: nn.Module = PatchEmbed(2, in_channels, feature_size, quarter[0])
+            final_expand: nn.Module = PatchExpand(2, feature_size, final, quarter[0])
+        else:
+            stem = VolumePatchEmbed(in_channels, feature_size, quarter)
+            final_expand = VolumePatchExpand(feature_size, final, quarter)
+        self._build_decoder(
+            feature_size,
+            bottleneck_depth,
+            depths,
+            drop_path_rate,
+            final,
+            stem if self.input_skip else None,
+            final_expand,
+        )
 
-            load_vrwkv_weights(self.encoder, source, strict=True, cache_dir=hf_cache_dir)
-            self.pretrained_source = source
-
-    # ------------------------------------------------------------------ switches
     def _build_decoder(
-        self, encoder_dims: int, feature_size: int, bottleneck_depth: int, decoder_depths: Tuple[int, ...],
-        drop_path_rate: float, final_dims: int, stem: Optional[nn.Module], final_expand: nn.Module,
+        self,
+        feature_size: int,
+        bottleneck_depth: int,
+        decoder_depths: Sequence[int],
+        drop_path_rate: float,
+        final_dims: int,
+        stem: Optional[nn.Module],
+        final_expand: nn.Module,
     ) -> None:
-        """Skip projections, bottleneck, decoder and head, shared by the 2D and 3D models; only the
-        full-resolution stem and final expansion differ by dimension."""
+        """Skip projections, bottleneck, decoder and head (the module names are the checkpoint format)."""
         sd = self.spatial_dims
-        e = encoder_dims
+        e = self.encoder.embed_dims
         d = [feature_size, 2 * feature_size, 4 * feature_size, 8 * feature_size]
         self.to_s4 = PatchExpand(sd, e, d[0], 4)
         self.to_s8 = PatchExpand(sd, e, d[1], 2)
-        self.to_s16 = _Project(e, d[2])
+        self.to_s16 = Project(e, d[2])
         self.to_s32 = PatchMerge(sd, e, d[3])
         n_dec = bottleneck_depth + sum(decoder_depths)
         dpr = [float(v) for v in torch.linspace(0, drop_path_rate, max(n_dec, 1))]
 
-        def blocks(width: int, depth: int, start: int) -> _BlockStack:
-            stack = _BlockStack(
-                [VRWKVBlock(width, layer_id=i, num_layers=depth, drop_path=dpr[start + i], use_ln0=False)
-                 for i in range(depth)]
+        def blocks(width: int, depth: int, start: int) -> BlockStack:
+            stack = BlockStack(
+                [
+                    VRWKVBlock(width, layer_id=i, num_layers=depth, drop_path=dpr[start + i], use_ln0=False)
+                    for i in range(depth)
+                ]
             )
-            stack.use_checkpoint = self.use_checkpoint
+            stack.grad_checkpointing = self.grad_checkpointing
             return stack
 
         self.bottleneck = blocks(d[3], bottleneck_depth, 0)
         self.bottleneck_norm = nn.LayerNorm(d[3])
         start = bottleneck_depth
         self.up16 = PatchExpand(sd, d[3], d[2], 2)
-        self.fuse16 = _Fuse(2 * d[2], d[2])
+        self.fuse16 = Fuse(2 * d[2], d[2])
         self.dec16 = blocks(d[2], decoder_depths[0], start)
         start += decoder_depths[0]
         self.up8 = PatchExpand(sd, d[2], d[1], 2)
-        self.fuse8 = _Fuse(2 * d[1], d[1])
+        self.fuse8 = Fuse(2 * d[1], d[1])
         self.dec8 = blocks(d[1], decoder_depths[1], start)
         start += decoder_depths[1]
         self.up4 = PatchExpand(sd, d[1], d[0], 2)
         if stem is not None:
             self.stem = stem
-        self.fuse4 = _Fuse((3 if self.input_skip else 2) * d[0], d[0])
+        self.fuse4 = Fuse((3 if self.input_skip else 2) * d[0], d[0])
         self.dec4 = blocks(d[0], decoder_depths[2], start)
         self.dec_norm = nn.LayerNorm(d[0])
         self.final_expand = final_expand
@@ -279,6 +222,7 @@ class MedURWKV(nn.Module):
         self.refine = nn.Sequential(nn.Linear(head_in, final_dims), nn.GELU())
         self.out = nn.Linear(final_dims, self.out_channels)
 
+    # ------------------------------------------------------------------ switches
     def freeze_encoder(self) -> None:
         """Stop gradients into the VRWKV encoder (its parameters get ``requires_grad=False``)."""
         for p in self.encoder.parameters():
@@ -290,23 +234,24 @@ class MedURWKV(nn.Module):
             p.requires_grad_(True)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute VRWKV block activations during backward (less memory, about 30% more compute)."""
-        self.use_checkpoint = bool(enable)
+        """Recompute VRWKV block activations during backward (less memory, about 30% more compute).
+
+        Args:
+            enable: switch it on (True) or off (False), for the encoder and the decoder.
+        """
+        self.grad_checkpointing = bool(enable)
         self.encoder.set_grad_checkpointing(enable)
         for stack in (self.bottleneck, self.dec16, self.dec8, self.dec4):
-            stack.use_checkpoint = self.use_checkpoint
+            stack.grad_checkpointing = self.grad_checkpointing
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
+        """Rank, channels and empty sizes of the input (one ValueError naming the shape); optional finite check."""
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(
-                f"MedURWKV expects input of shape [B, C, H, W] ({self.spatial_dims + 2} dims), "
-                f"got shape {shape_str(x)}."
+                f"MedURWKV (spatial_dims={self.spatial_dims}) expects input of shape {self.input_layout} "
+                f"({self.spatial_dims + 2} dims), got shape {shape_str(x)}."
             )
-        self._check_channels(x)
-
-    def _check_channels(self, x: torch.Tensor) -> None:
-        """The checks of the input the 2D and 3D models share (channels, empty sizes, optional finite check)."""
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"MedURWKV was built with in_channels={self.in_channels} but got {x.shape[1]} channels "
@@ -320,13 +265,12 @@ class MedURWKV(nn.Module):
 
     @torch.jit.unused
     def _check_finite(self, x: torch.Tensor) -> None:
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if self.check_finite and not exporting and not torch.compiler.is_compiling():
+        exporting_now = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.check_finite and not exporting_now and not torch.compiler.is_compiling():
             check_finite_input(x)
 
     def _segment(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, out_channels, *grid]`` for an input already padded to the network's multiple;
-        shared by the 2D and 3D models, whose grids have 2 or 3 entries."""
+        """Logits ``[B, out_channels, *grid]`` for an input already padded to the network's multiple."""
         b = x.shape[0]
         feats, g16 = self.encoder.forward_tokens(x)
         s4, _ = self.to_s4(feats[0], g16)
@@ -354,18 +298,37 @@ class MedURWKV(nn.Module):
         return self.out(self.refine(y)).permute([0, n + 1] + list(range(1, n + 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``[B, in_channels, H, W]``, any H, W >= 1.
+        """Segment ``x``.
+
+        Args:
+            x: ``[B, in_channels, H, W]`` (2D) or ``[B, in_channels, H, W, D]`` (3D), any sizes >= 1.
 
         Returns:
-            logits ``[B, out_channels, H, W]``.
+            logits ``[B, out_channels, H, W]`` or ``[B, out_channels, H, W, D]``.
         """
-        x = _plain_tensor(x)
+        x = plain_tensor(x)
         self._check_input(x)
-        h, w = x.shape[2], x.shape[3]
-        # padded sizes written as multiples of 32, so that an exported graph knows the patch grids are even
-        ph, pw = (h + 31) // 32 * 32 - h, (w + 31) // 32 * 32 - w
-        if exporting() or ph > 0 or pw > 0:
-            x = F.pad(x, [0, pw, 0, ph])
+        size = [s for s in x.shape[2:]]  # no int(): sizes stay symbolic while exporting
+        pads: List[int] = []
+        for i in range(len(size) - 1, -1, -1):
+            m = self.pad_multiple[i]
+            # a multiple of m written as ceil(s / m) * m, so that an exported graph knows the patch grids are even
+            pads += [0, (size[i] + m - 1) // m * m - size[i]]
+        if exporting() or sum(pads) > 0:
+            x = F.pad(x, pads)
         y = self._segment(x)
-        return y[:, :, :h, :w]
+        if len(size) == 2:
+            return y[:, :, : size[0], : size[1]]
+        return y[:, :, : size[0], : size[1], : size[2]]
+
+
+def _unet_patch(name: str, spatial_dims: int, patch_size: Union[int, Sequence[int]]) -> List[int]:
+    """The encoder patch size per axis; each a multiple of 4 (the stem and head work at ``p/4``)."""
+    if spatial_dims == 2:
+        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 4 or patch_size % 4:
+            raise ValueError(f"{name}: patch_size must be an int multiple of 4 in 2D, got {patch_size!r}.")
+        return [patch_size, patch_size]
+    patch = list(as_3tuple(patch_size, f"{name} patch_size", minimum=4))
+    if any(p % 4 for p in patch):
+        raise ValueError(f"{name}: every patch_size entry must be a multiple of 4, got {patch_size!r}.")
+    return patch

@@ -1,4 +1,4 @@
-"""Inflating 2D Vision-RWKV (ImageNet) weights to the 3D encoder :class:`~medurwkv_net.networks.volumetric.VRWKV3D`.
+"""Inflating 2D Vision-RWKV (ImageNet) weights to the 3D encoder (``VRWKV(spatial_dims=3)``).
 
 Axis convention: a volume is ``[B, C, H, W, D]``; the 2D image plane is ``(H, W)`` and ``D`` is the depth.
 
@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..networks.blocks import resize_pos_embed
 from .weights import (
     LoadReport,
     adapt_input_conv,
@@ -72,8 +73,6 @@ def inflate_patch_weight(weight: torch.Tensor, patch_size: tuple) -> torch.Tenso
 
 def inflate_pos_embed(pos_embed: torch.Tensor, grid: tuple) -> torch.Tensor:
     """Inflate a square 2D position embedding ``[1, n * n, C]`` to the 3D grid ``(gh, gw, gd)`` (module rules)."""
-    from medurwkv_net.networks.blocks import resize_pos_embed
-
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"inflate_pos_embed: expected pos_embed [1, N, C], got shape {tuple(pos_embed.shape)}.")
     n = int(round(math.sqrt(pos_embed.shape[1])))
@@ -92,15 +91,17 @@ def inflate_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
 
     Args:
         state_dict: a released checkpoint or a VRWKV state dict.
-        model: a :class:`~medurwkv_net.networks.volumetric.VRWKV3D` or a module with one as ``encoder``.
+        model: a 3D encoder (:class:`~medurwkv_net.networks.vrwkv.VRWKV`, ``spatial_dims=3``) or a module holding
+            one as ``encoder``.
 
     Returns:
         the state dict with the patch kernel and position embedding inflated; other entries unchanged.
     """
-    enc = getattr(model, "encoder", model)
+    enc: Any = getattr(model, "encoder", model)
     if getattr(enc, "spatial_dims", None) != 3 or not hasattr(enc, "pos_grid"):
         raise ValueError(
-            f"inflate_state_dict: the model must be a VRWKV3D (or hold one as .encoder), got {type(model).__name__}."
+            f"inflate_state_dict: the model must be a 3D VRWKV (spatial_dims=3) or hold one as .encoder, got "
+            f"{type(model).__name__}."
         )
     sd = checkpoint_filter_fn(state_dict)
     w = sd.get(_PATCH_KEY)
@@ -126,7 +127,7 @@ def load_inflated_vrwkv_weights(
     name); key checking and reporting are that function's (the inflated weights are handed to it).
 
     Args:
-        model: a :class:`~medurwkv_net.networks.volumetric.VRWKV3D` or a ``MedURWKV(spatial_dims=3)``.
+        model: a 3D encoder (:class:`~medurwkv_net.networks.vrwkv.VRWKV`, ``spatial_dims=3``) or a 3D ``MedURWKV``.
         source: weight source.
         strict: raise ValueError on any missing / unexpected / mis-shaped key.
         cache_dir: Hugging Face cache directory.

@@ -1,12 +1,12 @@
-"""Loading released Vision-RWKV weights: registry, source resolution, checkpoint filtering, conversion.
+"""Loading released Vision-RWKV weights: source resolution, checkpoint filtering, conversion.
 
 Sources accepted by :func:`load_vrwkv_weights` / :func:`convert_weights`:
 
 - a local ``.pth`` / ``.pt`` / ``.bin`` file (read with ``torch.load(weights_only=True)``) or ``.safetensors`` file;
 - ``hf://owner/repo/path/in/repo.pth[@revision]`` (downloaded with ``huggingface_hub.hf_hub_download``, so the
   Hub cache, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` are honoured);
-- a registry name (``vrwkv_t_in1k_224``, ``vrwkv_s_in1k_224``, ``vrwkv_b_in1k_224``, or the aliases
-  ``tiny``/``small``/``base``), resolved to a file of the ``OpenGVLab/Vision-RWKV`` Hub repo.
+- a name of the registry :mod:`medurwkv_net.pretrained.registry` (``vrwkv_t_in1k_224``, ... or an alias such
+  as ``tiny``), resolved there to a file of a Hub repository.
 
 Every file fetched from the Hub is checked before it is read: against the registry's pinned ``sha256``
 when there is one, and always against the hash the Hub published for it (its ETag): the SHA-256 of a
@@ -25,17 +25,16 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from ..networks.blocks import resize_pos_embed
+from .registry import PRETRAINED_CFGS, list_pretrained, resolve_name
+
 __all__ = [
-    "PretrainedCfg",
-    "PRETRAINED_CFGS",
-    "register_pretrained",
     "resolve_source",
     "load_checkpoint",
     "checkpoint_filter_fn",
@@ -47,50 +46,6 @@ __all__ = [
     "git_blob_sha1",
     "verify_hub_file",
 ]
-
-
-@dataclass(frozen=True)
-class PretrainedCfg:
-    """A released checkpoint on the Hugging Face Hub.
-
-    Attributes:
-        hf_hub_id: Hub repository ``owner/name``.
-        filename: file path inside the repository.
-        revision: branch, tag or (preferably) commit hash; None means the default branch.
-        sha256: expected SHA-256 of the file, checked after download; None when not known.
-        variant: VRWKV variant the weights belong to (``tiny``/``small``/``base``).
-        architecture: free-text description.
-    """
-
-    hf_hub_id: str
-    filename: str
-    revision: Optional[str] = None
-    sha256: Optional[str] = None
-    variant: str = "tiny"
-    architecture: str = ""
-    tags: Tuple[str, ...] = field(default_factory=tuple)
-
-
-# No commit hash or SHA-256 of the upstream files is pinned yet: fill ``revision`` and ``sha256`` once they
-# have been read from the Hub (the file page shows the LFS SHA-256). Until then every download is checked
-# against the hash the Hub publishes for it.
-PRETRAINED_CFGS: Dict[str, PretrainedCfg] = {
-    "vrwkv_t_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_t_in1k_224.pth", variant="tiny",
-                                      architecture="VRWKV-T ImageNet-1K 224"),
-    "vrwkv_s_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_s_in1k_224.pth", variant="small",
-                                      architecture="VRWKV-S ImageNet-1K 224"),
-    "vrwkv_b_in1k_224": PretrainedCfg("OpenGVLab/Vision-RWKV", "vrwkv_b_in1k_224.pth", variant="base",
-                                      architecture="VRWKV-B ImageNet-1K 224"),
-}
-_ALIASES = {"tiny": "vrwkv_t_in1k_224", "small": "vrwkv_s_in1k_224", "base": "vrwkv_b_in1k_224",
-            "vrwkv_t": "vrwkv_t_in1k_224", "vrwkv_s": "vrwkv_s_in1k_224", "vrwkv_b": "vrwkv_b_in1k_224"}
-
-
-def register_pretrained(name: str, cfg: PretrainedCfg, overwrite: bool = False) -> None:
-    """Add a named checkpoint to the registry (e.g. a mirror, or a pinned revision)."""
-    if name in PRETRAINED_CFGS and not overwrite:
-        raise ValueError(f"pretrained name {name!r} is already registered; pass overwrite=True to replace it.")
-    PRETRAINED_CFGS[name] = cfg
 
 
 def hub_sha256(path: Union[str, os.PathLike]) -> Optional[str]:
@@ -228,8 +183,8 @@ def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = N
         repo_id, filename, revision = _parse_hf(src)
         path = _hf_download(repo_id, filename, revision, cache_dir)
         return path, hub_sha256(path)
-    name = _ALIASES.get(src, src)
-    if name in PRETRAINED_CFGS:
+    name = resolve_name(src)
+    if name is not None:
         cfg = PRETRAINED_CFGS[name]
         path = _hf_download(cfg.hf_hub_id, cfg.filename, cfg.revision, cache_dir)
         return path, cfg.sha256 or hub_sha256(path)
@@ -240,7 +195,7 @@ def resolve_source(source: Union[str, os.PathLike], cache_dir: Optional[str] = N
         raise FileNotFoundError(f"Weight file {src!r} does not exist.")
     raise ValueError(
         f"Unknown weight source {src!r}: not a file, not hf://owner/repo/file, and not a registered name "
-        f"(known: {sorted(PRETRAINED_CFGS) + sorted(_ALIASES)})."
+        f"(known: {list_pretrained()})."
     )
 
 
@@ -302,7 +257,7 @@ def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _encoder_of(model: nn.Module) -> nn.Module:
+def _encoder_of(model: nn.Module) -> Any:
     enc = getattr(model, "encoder", None)
     return enc if isinstance(enc, nn.Module) and hasattr(enc, "pos_embed") else model
 
@@ -317,21 +272,19 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Optional[nn.Modul
     sd = _strip(_unwrap(state_dict, "state_dict"))
     if model is None:
         return sd
-    model = _encoder_of(model)
+    enc = _encoder_of(model)
     pos = sd.get("pos_embed")
-    if pos is not None and hasattr(model, "pos_embed") and pos.ndim == 3:
-        target = model.pos_embed
+    if pos is not None and hasattr(enc, "pos_embed") and pos.ndim == 3:
+        target = enc.pos_embed
         if pos.shape[1] != target.shape[1] and pos.shape[2] == target.shape[2]:
             n = int(round(math.sqrt(pos.shape[1])))
             if n * n != pos.shape[1]:
                 raise ValueError(f"checkpoint pos_embed {tuple(pos.shape)} is not a square grid; cannot resize.")
-            from medurwkv_net.networks.blocks import resize_pos_embed
-
-            sd["pos_embed"] = resize_pos_embed(pos, [n, n], list(model.pos_grid), "bicubic")
+            sd["pos_embed"] = resize_pos_embed(pos, [n, n], list(enc.pos_grid), "bicubic")
     key = "patch_embed.projection.weight"
     w = sd.get(key)
-    if w is not None and hasattr(model, "in_channels") and w.ndim >= 3 and w.shape[1] != model.in_channels:
-        sd[key] = adapt_input_conv(w, int(model.in_channels))
+    if w is not None and hasattr(enc, "in_channels") and w.ndim >= 3 and w.shape[1] != enc.in_channels:
+        sd[key] = adapt_input_conv(w, int(enc.in_channels))
     return sd
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from medurwkv_net.data import mni152_volume, msd
-from medurwkv_net.networks.volumetric import MedURWKV3D
+from medurwkv_net import MedURWKV
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_demo_bundle import NO_HUB, bundle_run  # noqa: E402  (the 2D bundle tests' runner)
@@ -120,8 +120,8 @@ def test_mni152_3d_bundle_train_evaluate_infer(tmp_path):
     assert "[4/4]" in out and "[5/" not in out  # an epoch is samples_per_epoch draws, not one pass over 2 volumes
     assert not (bundle / "data").exists()
     state = torch.load(bundle / "models/model.pt", map_location="cpu", weights_only=True)
-    MedURWKV3D(in_channels=1, out_channels=3, img_size=[64, 64, 16], patch_size=[16, 16, 4], feature_size=16,
-               bottleneck_depth=1, decoder_depths=(1, 1, 1)).load_state_dict(state)  # a plain, strict state dict
+    MedURWKV(spatial_dims=3, in_channels=1, out_channels=3, img_size=[64, 64, 16], patch_size=[16, 16, 4],
+             feature_size=16, bottleneck_depth=1, decoder_depths=(1, 1, 1)).load_state_dict(state)  # plain, strict
     bundle_run(bundle, "run", "--config_file", "['configs/train.json','configs/evaluate.json']", *own_data, *TINY_NET,
                env=NO_HUB)
     rows = list(csv.reader(open(bundle / "eval" / "test_mean_dice_raw.csv")))

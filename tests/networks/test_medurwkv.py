@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medurwkv_net import MedURWKV
+from medurwkv_net import MedURWKV, create_medurwkv
 from medurwkv_net.networks import check_finite_input
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -81,7 +81,9 @@ def test_bad_inputs():
 
 def test_bad_constructor_args():
     net3 = MedURWKV(spatial_dims=3, img_size=32, feature_size=16, bottleneck_depth=1, decoder_depths=(1, 1, 1))
-    assert type(net3).__name__ == "MedURWKV3D" and isinstance(net3, MedURWKV)  # volumes: tests/networks3d
+    assert type(net3) is MedURWKV and net3.spatial_dims == 3  # volumes: tests/networks3d
+    with pytest.raises(ValueError, match=r"loads no weights, got pretrained=True.*medurwkv_net.create_medurwkv"):
+        MedURWKV(pretrained=True)
     with pytest.raises(ValueError, match="spatial_dims"):
         MedURWKV(spatial_dims=1)
     with pytest.raises(ValueError, match="in_channels"):
@@ -143,7 +145,8 @@ def test_pretrained_true_uses_registry_through_hub_cache(vrwkv_t_checkpoint, hf_
     pre-filled with the reference checkpoint in the released format) and adapts it to 1 input channel."""
     ckpt = vrwkv_t_checkpoint
     hf_offline_cache("OpenGVLab/Vision-RWKV", {"vrwkv_t_in1k_224.pth": ckpt})
-    net = MedURWKV(in_channels=1, out_channels=2, img_size=224, pretrained=True)
+    net = create_medurwkv(in_channels=1, out_channels=2, img_size=224, pretrained=True)
+    assert type(net) is MedURWKV
     sd = torch.load(ckpt, weights_only=True)["state_dict"]
     torch.testing.assert_close(net.encoder.patch_embed.projection.weight.detach(),
                                sd["backbone.patch_embed.projection.weight"].sum(1, keepdim=True))
@@ -154,7 +157,8 @@ def test_pretrained_true_uses_registry_through_hub_cache(vrwkv_t_checkpoint, hf_
 
 def test_pretrained_other_variant_rejected(reference_dir):
     with pytest.raises(ValueError) as err:
-        MedURWKV(in_channels=1, out_channels=2, encoder="tiny", pretrained=str(reference_dir / "vrwkv_mini_ckpt.pth"))
+        create_medurwkv(in_channels=1, out_channels=2, encoder="tiny",
+                        pretrained=str(reference_dir / "vrwkv_mini_ckpt.pth"))
     msg = str(err.value)
     assert "vrwkv_mini_ckpt.pth" in msg and "pos_embed: [1, 196, 64] vs [1, 196, 192]" in msg
     assert "missing keys" in msg

@@ -90,7 +90,7 @@ def test_bad_inputs():
         VRWKV(embed_dims=16, depth=2, out_indices=(5,))
     with pytest.raises(ValueError, match="divisible by 4"):
         VRWKV(embed_dims=18, depth=1)
-    with pytest.raises(NotImplementedError, match="spatial_dims=3"):
-        VRWKV(spatial_dims=3)
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3, got 4"):
+        VRWKV(spatial_dims=4)
     out = model(torch.zeros(1, 3, 40, 20))  # padded to a multiple of 16
     assert out[0].shape == (1, 16, 3, 2)

@@ -7,7 +7,7 @@ import torch
 
 from medurwkv_net.networks.vrwkv import vrwkv_tiny
 from medurwkv_net.networks.volumetric import MedURWKV3D, VRWKV3D
-from medurwkv_net.pretrained import load_checkpoint, load_vrwkv_weights
+from medurwkv_net.pretrained import create_medurwkv, load_checkpoint, load_vrwkv_weights
 from medurwkv_net.pretrained.inflate import (
     inflate_patch_weight,
     inflate_pos_embed,
@@ -62,8 +62,9 @@ def test_identical_slices_give_the_2d_patch_embedding(vrwkv_t_checkpoint, patch,
 
 def test_blocks_copied_and_rule_on_the_kernel(vrwkv_t_checkpoint):
     raw = load_checkpoint(vrwkv_t_checkpoint)
-    net = MedURWKV3D(in_channels=1, out_channels=2, img_size=(32, 32, 16), patch_size=(16, 16, 8), feature_size=16,
-                     bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(vrwkv_t_checkpoint))
+    net = create_medurwkv(spatial_dims=3, in_channels=1, out_channels=2, img_size=(32, 32, 16), patch_size=(16, 16, 8),
+                          feature_size=16, bottleneck_depth=1, decoder_depths=(1, 1, 1),
+                          pretrained=str(vrwkv_t_checkpoint))
     own = net.encoder.state_dict()
     torch.testing.assert_close(own["layers.3.att.key.weight"], raw["backbone.layers.3.att.key.weight"])
     torch.testing.assert_close(own["ln1.weight"], raw["backbone.ln1.weight"])
@@ -92,28 +93,31 @@ def test_pos_embed_replicated_over_depth_and_errors():
         torch.testing.assert_close(out[:, :, :, z].reshape(1, 16, 8), pos)
     with pytest.raises(ValueError, match="not a square 2D grid"):
         inflate_pos_embed(torch.randn(1, 15, 8), (4, 4, 3))
-    with pytest.raises(ValueError, match="must be a VRWKV3D"):
+    with pytest.raises(ValueError, match=r"must be a 3D VRWKV \(spatial_dims=3\)"):
         inflate_state_dict({"pos_embed": pos}, vrwkv_tiny())
 
 
 def test_other_variant_rejected_with_the_source_named(reference_dir):
     with pytest.raises(ValueError) as err:
-        MedURWKV3D(in_channels=1, out_channels=2, img_size=32, pretrained=str(reference_dir / "vrwkv_mini_ckpt.pth"))
+        create_medurwkv(spatial_dims=3, in_channels=1, out_channels=2, img_size=32,
+                        pretrained=str(reference_dir / "vrwkv_mini_ckpt.pth"))
     msg = str(err.value)
     assert "vrwkv_mini_ckpt.pth (inflated to 3D)" in msg and "checkpoint: embed_dims=64, depth=4" in msg
     assert "mis-shaped keys" in msg and "144 missing keys" in msg
 
 
-def test_medurwkv_spatial_dims_3_builds_the_volumetric_model(vrwkv_t_checkpoint):
-    from medurwkv_net import MedURWKV
+def test_create_medurwkv_spatial_dims_3_builds_the_volumetric_model(vrwkv_t_checkpoint):
+    from medurwkv_net import MedURWKV, create_medurwkv
 
-    net = MedURWKV(spatial_dims=3, in_channels=1, out_channels=2, img_size=32, patch_size=(16, 16, 8), feature_size=16,
-                   bottleneck_depth=1, decoder_depths=(1, 1, 1), pretrained=str(vrwkv_t_checkpoint))
-    assert isinstance(net, MedURWKV3D) and isinstance(net, MedURWKV)
+    net = create_medurwkv(spatial_dims=3, in_channels=1, out_channels=2, img_size=32, patch_size=(16, 16, 8),
+                          feature_size=16, bottleneck_depth=1, decoder_depths=(1, 1, 1),
+                          pretrained=str(vrwkv_t_checkpoint))
+    assert type(net) is MedURWKV and net.spatial_dims == 3
     raw = load_checkpoint(vrwkv_t_checkpoint)
     torch.testing.assert_close(net.encoder.layers[0].att.value.weight, raw["backbone.layers.0.att.value.weight"])
     net.freeze_encoder()
     assert not any(p.requires_grad for p in net.encoder.parameters()) and net.out.weight.requires_grad
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 1, 20, 17, 9)).shape == (1, 2, 20, 17, 9)
-    assert type(MedURWKV(3, 1, 2, 32)).__name__ == "MedURWKV3D" and type(MedURWKV(2, 1, 2, 32)) is MedURWKV
+    assert type(MedURWKV(3, 1, 2, 32)) is MedURWKV and type(MedURWKV(2, 1, 2, 32)) is MedURWKV
+    assert isinstance(MedURWKV3D(in_channels=1, out_channels=2, img_size=32), MedURWKV)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from medurwkv_net import MedURWKV
+from medurwkv_net import create_medurwkv
 from medurwkv_net.reliability.errors import PretrainedUnavailableError
 
 
@@ -23,7 +23,7 @@ def _check_message(msg: str, cache) -> None:
 
 def test_offline_with_an_empty_cache_names_repo_file_cache_and_the_ways_on(hf_offline_cache, tmp_path):
     with pytest.raises(PretrainedUnavailableError) as err:
-        MedURWKV(spatial_dims=2, in_channels=1, out_channels=2, img_size=64, pretrained=True)
+        create_medurwkv(spatial_dims=2, in_channels=1, out_channels=2, img_size=64, pretrained=True)
     msg = str(err.value)
     _check_message(msg, tmp_path / "hf_cache")
     assert "HF_HUB_OFFLINE" in msg
@@ -44,7 +44,7 @@ def test_unreachable_hub_is_told_apart_from_offline_mode(tmp_path, monkeypatch):
                         f"http://127.0.0.1:{port}/{{repo_id}}/resolve/{{revision}}/{{filename}}")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     with pytest.raises(PretrainedUnavailableError) as err:
-        MedURWKV(spatial_dims=2, in_channels=1, out_channels=2, img_size=64, pretrained=True)
+        create_medurwkv(spatial_dims=2, in_channels=1, out_channels=2, img_size=64, pretrained=True)
     msg = str(err.value)
     _check_message(msg, cache)
     assert "cannot be reached" in msg and "HF_HUB_OFFLINE" not in msg
@@ -54,8 +54,8 @@ def test_monai_bundle_run_prints_one_message_without_traceback(tmp_path):
     cache = tmp_path / "hf_cache"
     cache.mkdir()
     config = {
-        "network_def": {"_target_": "medurwkv_net.MedURWKV", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
-                        "img_size": 64, "pretrained": True},
+        "network_def": {"_target_": "medurwkv_net.create_medurwkv", "spatial_dims": 2, "in_channels": 1,
+                        "out_channels": 2, "img_size": 64, "pretrained": True},
         "run": ["$print(sum(p.numel() for p in @network_def.parameters()))"],
     }
     cfg = tmp_path / "train.json"
