@@ -6,6 +6,7 @@ Entry points: :class:`MedURWKV` (the network, 2D or 3D by ``spatial_dims``; no w
 Public names are imported on first use, so that ``python -m medurwkv_net`` commands and bundle
 subprocesses do not pay for importing the networks (and MONAI) when they do not need them.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """``python -m medurwkv_net <command> ...``: see :mod:`medurwkv_net.cli`."""
+
 from medurwkv_net.cli import main
 
 if __name__ == "__main__":

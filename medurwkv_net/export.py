@@ -10,6 +10,7 @@ TorchScript
     ``medurwkv_net`` and be able to build the kernel).
 
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def _spatial_mixes(net: nn.Module) -> List[nn.Module]:
     return [m for m in net.modules() if isinstance(m, SpatialMix)]
 
 
-def script_model(net: nn.Module, path: Optional[Union[str, os.PathLike]] = None,
-                 wkv_kernel: bool = False) -> torch.jit.ScriptModule:
+def script_model(
+    net: nn.Module, path: Optional[Union[str, os.PathLike]] = None, wkv_kernel: bool = False
+) -> torch.jit.ScriptModule:
     """``torch.jit.script`` a network (call ``net.eval()`` first for inference); optionally save it.
 
     Args:

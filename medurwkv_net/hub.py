@@ -18,6 +18,7 @@ refuses large files outside LFS): without ``git lfs`` it refuses before writing 
 ``git=False, push=True`` to upload the folder with MONAI's own ``monai.bundle.push_to_hf_hub`` (no git
 needed), which creates the same tag.
 """
+
 from __future__ import annotations
 
 import json
@@ -179,17 +180,21 @@ def prepare_bundle_repo(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"out_dir {out} exists and is not empty")
     if git and not git_lfs_available():
-        raise RuntimeError(f"hub-prepare: `git lfs` is not available, and the Hub stores model files only with "
-                           f"Git LFS; {LFS_INSTALL_HINT}.")
-    card, extra = rewrite_card_links((bundle / "docs" / "README.md").read_text(), bundle / "docs", bundle,
-                                     [*_COPY, "models"])
+        raise RuntimeError(
+            f"hub-prepare: `git lfs` is not available, and the Hub stores model files only with "
+            f"Git LFS; {LFS_INSTALL_HINT}."
+        )
+    card, extra = rewrite_card_links(
+        (bundle / "docs" / "README.md").read_text(), bundle / "docs", bundle, [*_COPY, "models"]
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     for name in _COPY:
         src = bundle / name
         if src.is_dir():
-            shutil.copytree(src, out / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "monailabel_train.json"))
+            shutil.copytree(
+                src, out / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "monailabel_train.json")
+            )
         else:
             shutil.copy2(src, out / name)
     models = [bundle / "models" / f for f in _MODEL_FILES if (bundle / "models" / f).is_file()]
@@ -210,12 +215,28 @@ def prepare_bundle_repo(
         _git(out, "init", "-q")
         _git(out, "lfs", "install", "--local")
         _git(out, "add", "-A")
-        _git(out, "-c", "user.name=medurwkv-net", "-c", "user.email=medurwkv-net@localhost",
-             "commit", "-q", "-m", f"{repo_id} {version}")
+        _git(
+            out,
+            "-c",
+            "user.name=medurwkv-net",
+            "-c",
+            "user.email=medurwkv-net@localhost",
+            "commit",
+            "-q",
+            "-m",
+            f"{repo_id} {version}",
+        )
         _git(out, "tag", version)
     if push:
         from monai.bundle import push_to_hf_hub
 
-        push_to_hf_hub(repo=repo_id, name=out.name, bundle_dir=str(out.parent), token=token, private=private,
-                       version=version, tag_as_latest_version=True)
+        push_to_hf_hub(
+            repo=repo_id,
+            name=out.name,
+            bundle_dir=str(out.parent),
+            token=token,
+            private=private,
+            version=version,
+            tag_as_latest_version=True,
+        )
     return str(out)

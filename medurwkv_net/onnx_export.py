@@ -23,6 +23,7 @@ scripted network, and tracing fixes every size in the graph.
 
 Requires the ``export`` extra (``pip install "medurwkv-net[export]"``: onnx, onnxscript, onnxruntime).
 """
+
 from __future__ import annotations
 
 import os
@@ -171,8 +172,15 @@ def export_onnx(
     try:
         with torch.no_grad():
             program = torch.onnx.export(
-                net, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(x), input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT], opset_version=opset_version, optimize=False, verbose=False,
+                net,
+                (x,),
+                dynamo=True,
+                dynamic_shapes=_dynamic_shapes(x),
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                opset_version=opset_version,
+                optimize=False,
+                verbose=False,
             )
     finally:
         net.train(was_training)
@@ -209,8 +217,10 @@ def compare_onnx(
                 ref = net(x.to(param.device) if param is not None else x).float().cpu()
             out = torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
             if out.shape != ref.shape:
-                raise ValueError(f"{path}: ONNX output of shape {tuple(out.shape)} for input {tuple(shape)}, "
-                                 f"eager {tuple(ref.shape)}.")
+                raise ValueError(
+                    f"{path}: ONNX output of shape {tuple(out.shape)} for input {tuple(shape)}, "
+                    f"eager {tuple(ref.shape)}."
+                )
             rows.append((tuple(int(s) for s in shape), float((out - ref).abs().max()), float(ref.abs().max())))
     finally:
         net.train(was_training)

@@ -50,6 +50,7 @@ The ids every MONAI tool expects are kept: ``bundle_root``, ``ckpt_dir``, ``devi
 MONAI Label overrides ``train#dataset#data`` / ``validate#dataset#data`` with its datastore: nothing then
 names ``prepare_data``, and the bundle's own data is neither prepared nor needed.
 """
+
 from .distributed import handlers_for_this_rank, init_distributed
 from .handlers import (
     ClassMetricReport,

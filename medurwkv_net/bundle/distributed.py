@@ -1,4 +1,5 @@
 """Helpers of ``multi_gpu_train.json`` (``torchrun``; NCCL on GPUs, gloo on CPU)."""
+
 from __future__ import annotations
 
 import logging

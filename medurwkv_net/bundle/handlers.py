@@ -17,6 +17,7 @@ called by the MONAI workflow for every entry of ``train#handlers`` / ``validate#
 
 Per-case CSV files and their summaries come from MONAI's own ``MetricsSaver``; see evaluate.json.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,12 @@ from ignite.engine import Engine, Events
 from medurwkv_net.reliability.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = [
-    "ClassMetricReport", "CurvePlotter", "EncoderFreezeHandler", "OverlayWriter", "ProgressBar", "SubsetMetricReport",
+    "ClassMetricReport",
+    "CurvePlotter",
+    "EncoderFreezeHandler",
+    "OverlayWriter",
+    "ProgressBar",
+    "SubsetMetricReport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -294,8 +300,14 @@ class OverlayWriter:
             for ax, mask, title in zip(row, (None, label, pred), ("image", "ground truth", "prediction")):
                 ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
                 if mask is not None:
-                    ax.imshow(_to_display(mask, source), cmap=cmap, vmin=0, vmax=n_classes - 1, alpha=0.45,
-                              interpolation="nearest")
+                    ax.imshow(
+                        _to_display(mask, source),
+                        cmap=cmap,
+                        vmin=0,
+                        vmax=n_classes - 1,
+                        alpha=0.45,
+                        interpolation="nearest",
+                    )
                 ax.set_title(f"{title}: {os.path.basename(source)}" if title == "image" else title, fontsize=8)
                 ax.axis("off")
         if self.class_names:
@@ -341,8 +353,10 @@ class SubsetMetricReport:
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         for item in items:
             if self.subset_key not in item:
-                raise KeyError(f"SubsetMetricReport: a case has no '{self.subset_key}' key (keys: {sorted(item)}); "
-                               "the datalist must name each case's subset")
+                raise KeyError(
+                    f"SubsetMetricReport: a case has no '{self.subset_key}' key (keys: {sorted(item)}); "
+                    "the datalist must name each case's subset"
+                )
             value = item[self.subset_key]
             self.subsets.append(str(value[0] if isinstance(value, (list, tuple)) else value))
 

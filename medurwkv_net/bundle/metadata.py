@@ -11,6 +11,7 @@ unchanged) is in ``medurwkv_net/bundle/schemas/``, so both of these work without
 
 Validation needs ``jsonschema`` (a dependency of this package).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def metadata_schema_path(schema: Optional[str] = None) -> str:
     return str(path)
 
 
-def verify_metadata(meta_file: Union[str, os.PathLike] = "configs/metadata.json",
-                    schema_file: Optional[str] = None) -> str:
+def verify_metadata(
+    meta_file: Union[str, os.PathLike] = "configs/metadata.json", schema_file: Optional[str] = None
+) -> str:
     """Validate a bundle's metadata.json with MONAI's ``verify_metadata`` against the shipped schema (offline).
 
     Args:
@@ -67,8 +69,10 @@ def verify_metadata(meta_file: Union[str, os.PathLike] = "configs/metadata.json"
         raise ValueError(f"metadata file {meta} is not a JSON object: {e}") from e
     if schema_file is None:
         if not url:
-            raise ValueError(f"metadata file {meta} has no 'schema' key; add the schema URL "
-                             f"(e.g. one ending in {DEFAULT_SCHEMA}) or pass schema_file=...")
+            raise ValueError(
+                f"metadata file {meta} has no 'schema' key; add the schema URL "
+                f"(e.g. one ending in {DEFAULT_SCHEMA}) or pass schema_file=..."
+            )
         schema_file = metadata_schema_path(url)
     elif not Path(schema_file).is_file():
         raise FileNotFoundError(f"schema file {schema_file} does not exist")

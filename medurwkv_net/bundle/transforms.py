@@ -38,6 +38,7 @@ Postprocessing (:func:`postprocessing`) turns logits into a class-index mask ``p
 original size in ``"resize"`` mode and, when ``output_dir`` is given, saves it with
 :class:`SaveMaskd` in the input's own format (NIfTI for NIfTI input, PNG otherwise).
 """
+
 from __future__ import annotations
 
 import logging
@@ -201,9 +202,7 @@ def _intensity_chain(intensity: str, in_channels: int):
     ]
 
 
-def _deterministic(
-    keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold
-) -> list:
+def _deterministic(keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold) -> list:
     _check_choice("spatial_mode", spatial_mode, SPATIAL_MODES)
     chain = _load_chain(keys, in_channels, label_mode, label_threshold)
     chain += _intensity_chain(intensity, in_channels)
@@ -243,9 +242,7 @@ def train_transforms(
     if not intensity_shift >= 0:
         raise ValueError(f"intensity_shift must be >= 0, got {intensity_shift!r}")
     keys = ["image", "label"]
-    chain = _deterministic(
-        keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold
-    )
+    chain = _deterministic(keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold)
     if spatial_mode == "crop":
         chain += [
             SpatialPadd(keys=keys, spatial_size=spatial_size),
@@ -274,9 +271,7 @@ def eval_transforms(
 ) -> Compose:
     """Validation / evaluation chain (image and label, no randomness)."""
     keys = ["image", "label"]
-    chain = _deterministic(
-        keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold
-    )
+    chain = _deterministic(keys, in_channels, spatial_size, spatial_mode, intensity, label_mode, label_threshold)
     return Compose(chain + [EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True)])
 
 
@@ -306,8 +301,9 @@ def make_inferer(
     """
     if _check_choice("spatial_mode", spatial_mode, SPATIAL_MODES) == "resize":
         return SafeSimpleInferer(spatial_dims=len(spatial_size), checkpoint=checkpoint)
-    return SafeSlidingWindowInferer(roi_size=spatial_size, sw_batch_size=sw_batch_size, overlap=overlap,
-                                    mode="gaussian", checkpoint=checkpoint)
+    return SafeSlidingWindowInferer(
+        roi_size=spatial_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian", checkpoint=checkpoint
+    )
 
 
 def postprocessing(
@@ -342,8 +338,15 @@ def postprocessing(
     if output_dir is not None:
         if with_label:
             raise ValueError("postprocessing: saving masks needs with_label=False (pred must be class indices)")
-        chain.append(SaveMaskd(keys="pred", output_dir=output_dir, num_classes=num_classes,
-                               output_postfix=output_postfix, png_scale=png_scale))
+        chain.append(
+            SaveMaskd(
+                keys="pred",
+                output_dir=output_dir,
+                num_classes=num_classes,
+                output_postfix=output_postfix,
+                png_scale=png_scale,
+            )
+        )
     return Compose(chain)
 
 
@@ -360,8 +363,9 @@ def _stem(name: str, extensions: Sequence[str]) -> str:
     return name
 
 
-def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOTO_EXTENSIONS,
-                missing_ok: bool = False) -> list[dict]:
+def list_images(
+    folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOTO_EXTENSIONS, missing_ok: bool = False
+) -> list[dict]:
     """``[{"image": path}, ...]`` for the image files directly in ``folder`` (sorted), for inference.
     Files that are not inputs (:data:`NOT_INPUT`: ``*_superpixels.*``, ``*_segmentation.*``, ``*_mask*.*``,
     ``*_anno.*``) are skipped, so that a release's own image folder can be passed as it is.
@@ -386,8 +390,11 @@ def list_images(folder: str, extensions: Sequence[str] = NIFTI_EXTENSIONS + PHOT
     if len(names) < len(files):
         logging.getLogger(__name__).info(
             f"input_dir '{folder}': {len(files) - len(names)} file(s) that are not inputs skipped "
-            f"(superpixel maps, masks), e.g. {[n for n in files if n not in names][:3]}")
+            f"(superpixel maps, masks), e.g. {[n for n in files if n not in names][:3]}"
+        )
     if not names:
-        raise FileNotFoundError(f"input_dir '{folder}' holds no image with extension {list(extensions)}"
-                                + (f" (only superpixel maps or masks: {files[:3]})" if files else ""))
+        raise FileNotFoundError(
+            f"input_dir '{folder}' holds no image with extension {list(extensions)}"
+            + (f" (only superpixel maps or masks: {files[:3]})" if files else "")
+        )
     return [{"image": os.path.join(folder, n)} for n in names]

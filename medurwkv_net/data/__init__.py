@@ -44,11 +44,36 @@ if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: a bad re
     _errors.install_error_hook()
 
 __all__ = [
-    "DEFAULT_FRACTIONS", "RELEASES", "Release", "ReleaseSpec", "build_datalist", "check_cases", "check_pairs",
-    "ensure_datalist", "get_release", "read_busi", "read_glas", "read_isic2017", "read_isic2018",
-    "read_kvasir", "read_release", "read_tdd", "seeded_split", "write_datalist",
-    "EnsureChannels", "EnsureChannelsd", "LoadMask", "LoadMaskd", "binarize_mask", "describe_datalist",
-    "prepare_datalist", "split_images", "RandColorJitterd", "RandHEStainJitterd", "RandJPEGd", "RandSpeckleNoised",
+    "DEFAULT_FRACTIONS",
+    "RELEASES",
+    "Release",
+    "ReleaseSpec",
+    "build_datalist",
+    "check_cases",
+    "check_pairs",
+    "ensure_datalist",
+    "get_release",
+    "read_busi",
+    "read_glas",
+    "read_isic2017",
+    "read_isic2018",
+    "read_kvasir",
+    "read_release",
+    "read_tdd",
+    "seeded_split",
+    "write_datalist",
+    "EnsureChannels",
+    "EnsureChannelsd",
+    "LoadMask",
+    "LoadMaskd",
+    "binarize_mask",
+    "describe_datalist",
+    "prepare_datalist",
+    "split_images",
+    "RandColorJitterd",
+    "RandHEStainJitterd",
+    "RandJPEGd",
+    "RandSpeckleNoised",
 ]
 
 
@@ -67,9 +92,16 @@ def reader_kwargs(dataset: str, image_dir=None, mask_dir=None, include_normal=No
     return kwargs
 
 
-def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0,
-                     fractions=DEFAULT_FRACTIONS, image_dir: str | None = None,
-                     mask_dir: str | None = None, include_normal: bool | None = None) -> str:
+def prepare_datalist(
+    dataset: str,
+    dataset_dir: str,
+    output: str = "datalist.json",
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    image_dir: str | None = None,
+    mask_dir: str | None = None,
+    include_normal: bool | None = None,
+) -> str:
     """Read the public release of ``dataset`` (one of isic2017, isic2018, glas, tdd, busi, kvasir, nkut)
     unpacked under ``dataset_dir`` and write its datalist (official or seeded train/validation/test split)
     to ``output`` when missing or out of date; return the path. What the bundles' ``datalist_file``
@@ -81,8 +113,9 @@ def prepare_datalist(dataset: str, dataset_dir: str, output: str = "datalist.jso
         from . import nkut
 
         check_nkut_options(include_normal)
-        return nkut.prepare(dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir,
-                            label_dir=mask_dir)
+        return nkut.prepare(
+            dataset_dir, output, seed=seed, fractions=fractions, image_dir=image_dir, label_dir=mask_dir
+        )
     try:
         kwargs = reader_kwargs(dataset, image_dir, mask_dir, include_normal)
         datalist, report = ensure_with_report(dataset, dataset_dir, output, seed=seed, fractions=fractions, **kwargs)
@@ -114,20 +147,24 @@ def as_dataset_error(e: BaseException) -> BaseException:
 def describe_datalist(datalist: dict, report: dict | None, path) -> str:
     """What a prepared datalist holds (split sizes, empty masks, notes), as printed by ``prepare-data``."""
     counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test"))
-    text = (f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
-            f"{datalist['split']['seed']}): {counts} -> {path}")
+    text = (
+        f"{datalist['name']} at '{datalist['dataset_dir']}' ({datalist['split']['method']} split, seed "
+        f"{datalist['split']['seed']}): {counts} -> {path}"
+    )
     if report is not None:
         empty = [c for k in ("training", "validation", "test") for c in report[k]["empty_masks"]]
         per = ", ".join(f"{k}: {len(report[k]['empty_masks'])}" for k in ("training", "validation", "test"))
-        text += (f"\nevery file decoded; cases with an empty mask (only background): {len(empty)} ({per})"
-                 + (f", e.g. {', '.join(repr(c) for c in empty[:5])}" if empty else ""))
+        text += f"\nevery file decoded; cases with an empty mask (only background): {len(empty)} ({per})" + (
+            f", e.g. {', '.join(repr(c) for c in empty[:5])}" if empty else ""
+        )
     for note in datalist.get("notes", []):
         text += f"\nnote: {note}"
     return text
 
 
-def split_images(dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0, split: str = "test",
-                 **kwargs) -> list[dict]:
+def split_images(
+    dataset: str, dataset_dir: str, output: str = "datalist.json", seed: int = 0, split: str = "test", **kwargs
+) -> list[dict]:
     """``[{"image": path}, ...]`` of one split (the test split is the default input of the bundles'
     inference.json when no ``input_dir`` is given)."""
     path = prepare_datalist(dataset, dataset_dir, output, seed=seed, **kwargs)

@@ -38,6 +38,7 @@ preparation parameters, so a finished, matching preparation is detected and reus
 configs call it from the expression that defines ``datalist_file``, so
 ``python -m monai.bundle run training`` prepares the data on first use.
 """
+
 from __future__ import annotations
 
 import json

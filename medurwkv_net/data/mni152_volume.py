@@ -17,6 +17,7 @@ Files written under ``dataset_dir`` (3D NIfTI, 1 mm voxels, affine of the slab i
 
 :func:`prepare` is idempotent and safe to call from several processes (same mechanism as the 2D demo).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ CYCLE = ("training", "validation", "training", "test", "training", "test", "trai
 _VERSION = 2
 
 
-def split_slabs(labels: np.ndarray, slab: int = SLAB, gap: int = GAP,
-                min_tissue_fraction: float = MIN_TISSUE_FRACTION) -> dict[str, list[tuple[int, int]]]:
+def split_slabs(
+    labels: np.ndarray, slab: int = SLAB, gap: int = GAP, min_tissue_fraction: float = MIN_TISSUE_FRACTION
+) -> dict[str, list[tuple[int, int]]]:
     """``{split: [(z0, z1), ...]}``: half-open axial ranges of the slabs of each split (module docstring)."""
     if labels.ndim != 3:
         raise ValueError(f"labels must be a 3D volume, got shape {labels.shape}")
@@ -70,8 +72,10 @@ def split_slabs(labels: np.ndarray, slab: int = SLAB, gap: int = GAP,
         out["training"].append((z, z_end))
     for name, slabs in out.items():
         if not slabs:
-            raise ValueError(f"the usable axial range {int(usable[0])}..{z_end - 1} is too short for a {name} slab "
-                             f"of {slab} slices with gaps of {gap}")
+            raise ValueError(
+                f"the usable axial range {int(usable[0])}..{z_end - 1} is too short for a {name} slab "
+                f"of {slab} slices with gaps of {gap}"
+            )
     return out
 
 
@@ -100,8 +104,9 @@ def _record(threshold: float, slab: int, gap: int) -> dict:
     }
 
 
-def prepare(dataset_dir: str | os.PathLike, background_threshold: float = BACKGROUND_THRESHOLD,
-            slab: int = SLAB, gap: int = GAP) -> str:
+def prepare(
+    dataset_dir: str | os.PathLike, background_threshold: float = BACKGROUND_THRESHOLD, slab: int = SLAB, gap: int = GAP
+) -> str:
     """Write the 3D demo dataset under ``dataset_dir`` unless a matching one is there; return the datalist path.
 
     Args:

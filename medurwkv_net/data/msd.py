@@ -14,6 +14,7 @@ the last axis into channels. The official test images have no labels, so :func:`
 training cases with :func:`medurwkv_net.data.splits.seeded_split` (seed and fractions recorded) into
 ``training`` / ``validation`` / ``test`` and keeps the official unlabelled images as ``official_test``.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def find_task(dataset_dir: str | os.PathLike) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise FileNotFoundError(f"no dataset.json in {root} or its sub-folders; expected an MSD task folder such as "
-                                "Task09_Spleen/ with dataset.json, imagesTr/ and labelsTr/")
+        raise FileNotFoundError(
+            f"no dataset.json in {root} or its sub-folders; expected an MSD task folder such as "
+            "Task09_Spleen/ with dataset.json, imagesTr/ and labelsTr/"
+        )
     raise ValueError(f"{root} holds several MSD tasks {[p.name for p in found]}; point dataset_dir at one of them")
 
 
@@ -79,8 +82,10 @@ def read_task(dataset_dir: str | os.PathLike) -> tuple[list[dict], list[dict], d
         cases.append({"image": image, "label": _resolve(task, item["label"], "label"), "case": case})
     if not cases:
         raise ValueError(f"MSD {task.name}: dataset.json lists no training cases")
-    tests = [{"image": _resolve(task, rel if isinstance(rel, str) else rel["image"], "test image")}
-             for rel in meta.get("test", [])]
+    tests = [
+        {"image": _resolve(task, rel if isinstance(rel, str) else rel["image"], "test image")}
+        for rel in meta.get("test", [])
+    ]
     return cases, tests, meta
 
 
@@ -95,7 +100,7 @@ def check_task(meta: dict, class_names: list[str] | None = None, in_channels: in
     if class_names is not None and len(labels) != len(class_names):
         raise ValueError(
             f"MSD {name} has {len(labels)} labels {labels}, the bundle is configured for {len(class_names)} "
-            f"{list(class_names)}: pass --class_names \"{labels}\" --out_channels {len(labels)} to every command"
+            f'{list(class_names)}: pass --class_names "{labels}" --out_channels {len(labels)} to every command'
         )
     channels = max(len(meta.get("modality", {})), 1)
     if in_channels is not None and channels != int(in_channels):
@@ -105,8 +110,14 @@ def check_task(meta: dict, class_names: list[str] | None = None, in_channels: in
         )
 
 
-def prepare(dataset_dir: str | os.PathLike, output: str | os.PathLike | None = None, seed: int = 0,
-            fractions=DEFAULT_FRACTIONS, class_names: list[str] | None = None, in_channels: int | None = None) -> str:
+def prepare(
+    dataset_dir: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    class_names: list[str] | None = None,
+    in_channels: int | None = None,
+) -> str:
     """Write the datalist of the MSD task under ``dataset_dir`` (default ``<task>/datalist.json``) when it is
     missing or out of date, and return its path (what the MSD bundle's ``datalist_file`` calls).
 

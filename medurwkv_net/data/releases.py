@@ -103,7 +103,8 @@ def _read_isic(dataset_dir, dataset: str, subsets: dict[str, tuple[str, str]]) -
     train_in, train_gt = subsets["Training"]
     inner = [n for pair in subsets.values() for n in pair]
     root = _locate(
-        dataset_dir, dataset,
+        dataset_dir,
+        dataset,
         lambda p: _find_sub(p, train_in) is not None and _find_sub(p, train_gt) is not None,
         f"the folders '{train_in}/' (ISIC_*.jpg) and '{train_gt}/' (ISIC_*_segmentation.png)",
         inner_names=inner,
@@ -132,18 +133,23 @@ def _read_isic(dataset_dir, dataset: str, subsets: dict[str, tuple[str, str]]) -
 
 def read_isic2018(dataset_dir) -> Release:
     """ISIC 2018 Task 1 (lesion boundary segmentation): Training / Validation / Test folder twins."""
-    return _read_isic(dataset_dir, "isic2018", {
-        s: (f"ISIC2018_Task1-2_{s}_Input", f"ISIC2018_Task1_{s}_GroundTruth")
-        for s in ("Training", "Validation", "Test")
-    })
+    return _read_isic(
+        dataset_dir,
+        "isic2018",
+        {
+            s: (f"ISIC2018_Task1-2_{s}_Input", f"ISIC2018_Task1_{s}_GroundTruth")
+            for s in ("Training", "Validation", "Test")
+        },
+    )
 
 
 def read_isic2017(dataset_dir) -> Release:
     """ISIC 2017 Part 1 (lesion segmentation): Training / Validation / Test_v2 folder twins."""
-    return _read_isic(dataset_dir, "isic2017", {
-        s: (f"ISIC-2017_{s}_Data", f"ISIC-2017_{s}_Part1_GroundTruth")
-        for s in ("Training", "Validation", "Test_v2")
-    })
+    return _read_isic(
+        dataset_dir,
+        "isic2017",
+        {s: (f"ISIC-2017_{s}_Data", f"ISIC-2017_{s}_Part1_GroundTruth") for s in ("Training", "Validation", "Test_v2")},
+    )
 
 
 # ----------------------------------------------------------------------------- images/ + masks/
@@ -151,22 +157,28 @@ def _stem_map(folder: Path, where: str) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in _images(folder):
         if p.stem in out:
-            raise ValueError(f"{where}: '{out[p.stem].name}' and '{p.name}' in '{folder}' share the name "
-                             f"'{p.stem}'; keep one file per case")
+            raise ValueError(
+                f"{where}: '{out[p.stem].name}' and '{p.name}' in '{folder}' share the name "
+                f"'{p.stem}'; keep one file per case"
+            )
         out[p.stem] = p
     return out
 
 
 #: the Tufts Dental Database as its archives unpack, then the generic images/ + masks/ layout
 TDD_LAYOUTS = (("Radiographs", "Segmentation/teeth_mask"), ("images", "masks"))
-_SUBDIR_HINT = ("if the images and masks are in other sub-folders, name them: --image_subdir X --mask_subdir Y "
-                "(bundle configs) or --image_dir X --mask_dir Y (prepare-data)")
+_SUBDIR_HINT = (
+    "if the images and masks are in other sub-folders, name them: --image_subdir X --mask_subdir Y "
+    "(bundle configs) or --image_dir X --mask_dir Y (prepare-data)"
+)
 
 
-def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[str, str]],
-                             subdir_options: bool = True) -> Release:
+def _read_image_mask_folders(
+    dataset_dir, dataset: str, layouts: Sequence[tuple[str, str]], subdir_options: bool = True
+) -> Release:
     """Images and masks with the same file stem in two sub-folders; the first of ``layouts`` found wins.
     Folder names match case-insensitively and doubled folders (``X/X/``) are entered."""
+
     def pair(p: Path):
         for image_dir, mask_dir in layouts:
             a, b = _find_sub(p, image_dir), _find_sub(p, mask_dir)
@@ -174,17 +186,26 @@ def _read_image_mask_folders(dataset_dir, dataset: str, layouts: Sequence[tuple[
                 return a, b
         return None
 
-    expected = " or ".join(f"the folders '{i}/' (images) and '{m}/' (masks with the same file names)"
-                           for i, m in layouts)
+    expected = " or ".join(
+        f"the folders '{i}/' (images) and '{m}/' (masks with the same file names)" for i, m in layouts
+    )
     inner = tuple(dict.fromkeys(Path(x).parts[0] for lay in layouts for x in lay))
     folders = _image_folders(_check_dir(dataset_dir))
-    root = _locate(dataset_dir, dataset, lambda p: pair(p) is not None, expected, inner_names=inner,
-                   hint=f"{_SUBDIR_HINT}; {folders}" if subdir_options else folders)
+    root = _locate(
+        dataset_dir,
+        dataset,
+        lambda p: pair(p) is not None,
+        expected,
+        inner_names=inner,
+        hint=f"{_SUBDIR_HINT}; {folders}" if subdir_options else folders,
+    )
     in_dir, gt_dir = pair(root)
     images, masks = _stem_map(in_dir, dataset), _stem_map(gt_dir, dataset)
     if not images:
-        raise ValueError(f"{dataset}: no images ({'/'.join(IMAGE_SUFFIXES)}, any case) in '{in_dir}'; "
-                         f"{_image_folders(root)}" + (f"; {_SUBDIR_HINT}" if subdir_options else ""))
+        raise ValueError(
+            f"{dataset}: no images ({'/'.join(IMAGE_SUFFIXES)}, any case) in '{in_dir}'; "
+            f"{_image_folders(root)}" + (f"; {_SUBDIR_HINT}" if subdir_options else "")
+        )
     pairs = _pair_by_name(images, masks, dataset, in_dir, gt_dir, "{case}.<png|jpg|jpeg|bmp>")
     release = Release(dataset, root, {"all": [_case(i, m, c, "all") for c, i, m in pairs]})
     for d in (in_dir, gt_dir):
@@ -220,7 +241,8 @@ def read_busi(dataset_dir, include_normal: bool = False) -> Release:
     (to be united). ``include_normal``: also the normal cases (empty masks); the default, benign +
     malignant (647 cases in the release), is the common benchmark setting."""
     root = _locate(
-        dataset_dir, "busi",
+        dataset_dir,
+        "busi",
         lambda p: any((p / c).is_dir() for c in BUSI_CLASSES) and p.name not in BUSI_CLASSES,
         "the folder 'Dataset_BUSI_with_GT/' with 'benign/', 'malignant/' and 'normal/' holding "
         "'NAME.png' + 'NAME_mask.png' [+ 'NAME_mask_1.png']",
@@ -246,20 +268,25 @@ def read_busi(dataset_dir, include_normal: bool = False) -> Release:
                 images[p.stem] = p
         no_image = sorted(set(masks) - set(images))
         if no_image:
-            raise ValueError(f"busi: mask '{masks[no_image[0]][0][1]}' has no image "
-                             f"'{folder / (no_image[0] + '.png')}'; restore the image from the archive or remove "
-                             "the mask")
+            raise ValueError(
+                f"busi: mask '{masks[no_image[0]][0][1]}' has no image "
+                f"'{folder / (no_image[0] + '.png')}'; restore the image from the archive or remove "
+                "the mask"
+            )
         no_mask = sorted(set(images) - set(masks))
         if no_mask:
-            raise ValueError(f"busi: image '{images[no_mask[0]]}' has no mask "
-                             f"'{folder / (no_mask[0] + '_mask.png')}'; restore it from the archive")
+            raise ValueError(
+                f"busi: image '{images[no_mask[0]]}' has no mask "
+                f"'{folder / (no_mask[0] + '_mask.png')}'; restore it from the archive"
+            )
         for name in sorted(masks):
             ks = sorted(k for k, _ in masks[name])
             if 0 not in ks:
                 raise ValueError(
                     f"busi: case '{cls}/{name}' has '{sorted(masks[name])[0][1]}' but no first mask "
                     f"'{folder / (name + '_mask.png')}'; restore '{name}_mask.png' from the archive (a case's masks "
-                    f"are NAME_mask.png, NAME_mask_1.png, ... and are united)")
+                    f"are NAME_mask.png, NAME_mask_1.png, ... and are united)"
+                )
             if len(set(ks)) != len(ks):
                 dup = [str(p) for k, p in sorted(masks[name]) if ks.count(k) > 1]
                 raise ValueError(f"busi: case '{cls}/{name}' has the same mask twice: {dup}; keep one of them")
@@ -267,8 +294,10 @@ def read_busi(dataset_dir, include_normal: bool = False) -> Release:
             _case(images[n], [p for _, p in sorted(masks[n])], f"{cls}/{n}", cls) for n in sorted(images)
         ]
     if not any(release.subsets.values()):
-        raise ValueError(f"busi: no cases found in the class folders of '{root}'"
-                         + ("" if include_normal else " (normal cases are excluded: include_normal is false)"))
+        raise ValueError(
+            f"busi: no cases found in the class folders of '{root}'"
+            + ("" if include_normal else " (normal cases are excluded: include_normal is false)")
+        )
     return release
 
 
@@ -278,12 +307,17 @@ _GLAS = re.compile(r"^(?P<subset>train|testA|testB)_(?P<n>\d+)(?P<anno>_anno)?\.
 
 def read_glas(dataset_dir) -> Release:
     """GlaS (Warwick QU): ``train_N.bmp`` + ``train_N_anno.bmp``, ``testA_*``, ``testB_*``."""
+
     def is_root(p: Path) -> bool:
         return any(_GLAS.match(f.name) and f.name.lower().startswith("train_") for f in p.glob("*.bmp"))
 
-    root = _locate(dataset_dir, "glas", is_root,
-                   "'train_N.bmp' with 'train_N_anno.bmp' (and 'testA_N[_anno].bmp', 'testB_N[_anno].bmp') "
-                   "in one folder, e.g. 'Warwick QU Dataset (Released 2016_07_08)/'")
+    root = _locate(
+        dataset_dir,
+        "glas",
+        is_root,
+        "'train_N.bmp' with 'train_N_anno.bmp' (and 'testA_N[_anno].bmp', 'testB_N[_anno].bmp') "
+        "in one folder, e.g. 'Warwick QU Dataset (Released 2016_07_08)/'",
+    )
     found: dict[str, dict[str, dict[str, Path]]] = {}
     for p in sorted(root.glob("*.bmp")):
         m = _GLAS.match(p.name)
@@ -297,26 +331,39 @@ def read_glas(dataset_dir) -> Release:
         if subset not in found:
             release.notes.append(f"{subset} subset is missing")
             continue
-        pairs = _pair_by_name(found[subset]["image"], found[subset]["mask"], f"glas {subset}", root, root,
-                              "{case}_anno.bmp")
-        release.subsets[subset] = [_case(i, m, c, subset) for c, i, m in
-                                   sorted(pairs, key=lambda t: int(t[0].split("_")[1]))]
+        pairs = _pair_by_name(
+            found[subset]["image"], found[subset]["mask"], f"glas {subset}", root, root, "{case}_anno.bmp"
+        )
+        release.subsets[subset] = [
+            _case(i, m, c, subset) for c, i, m in sorted(pairs, key=lambda t: int(t[0].split("_")[1]))
+        ]
     release.official = {"training": ["train"], "test": [s for s in ("testA", "testB") if s in release.subsets]}
     return release
 
 
 # ----------------------------------------------------------------------------- registry
 RELEASES: dict[str, ReleaseSpec] = {
-    "isic2017": ReleaseSpec("isic2017", "ISIC 2017 Part 1", read_isic2017, None,
-                            "ISIC-2017_{Training,Validation,Test_v2}_Data/ + ..._Part1_GroundTruth/"),
-    "isic2018": ReleaseSpec("isic2018", "ISIC 2018 Task 1", read_isic2018, None,
-                            "ISIC2018_Task1-2_{Training,Validation,Test}_Input/ + ISIC2018_Task1_..._GroundTruth/"),
-    "glas": ReleaseSpec("glas", "GlaS (Warwick QU)", read_glas, 0,
-                        "train_N.bmp + train_N_anno.bmp, testA_*, testB_*"),
-    "tdd": ReleaseSpec("tdd", "Tufts Dental Database", read_tdd, None,
-                       "Radiographs/ + Segmentation/teeth_mask/ (or images/ + masks/)"),
-    "busi": ReleaseSpec("busi", "BUSI", read_busi, None,
-                        "Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png + NAME_mask[_K].png"),
+    "isic2017": ReleaseSpec(
+        "isic2017",
+        "ISIC 2017 Part 1",
+        read_isic2017,
+        None,
+        "ISIC-2017_{Training,Validation,Test_v2}_Data/ + ..._Part1_GroundTruth/",
+    ),
+    "isic2018": ReleaseSpec(
+        "isic2018",
+        "ISIC 2018 Task 1",
+        read_isic2018,
+        None,
+        "ISIC2018_Task1-2_{Training,Validation,Test}_Input/ + ISIC2018_Task1_..._GroundTruth/",
+    ),
+    "glas": ReleaseSpec("glas", "GlaS (Warwick QU)", read_glas, 0, "train_N.bmp + train_N_anno.bmp, testA_*, testB_*"),
+    "tdd": ReleaseSpec(
+        "tdd", "Tufts Dental Database", read_tdd, None, "Radiographs/ + Segmentation/teeth_mask/ (or images/ + masks/)"
+    ),
+    "busi": ReleaseSpec(
+        "busi", "BUSI", read_busi, None, "Dataset_BUSI_with_GT/{benign,malignant,normal}/NAME.png + NAME_mask[_K].png"
+    ),
     "kvasir": ReleaseSpec("kvasir", "Kvasir-SEG", read_kvasir, None, "Kvasir-SEG/images/ + Kvasir-SEG/masks/"),
 }
 

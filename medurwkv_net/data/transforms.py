@@ -23,8 +23,16 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-__all__ = ["LoadMask", "LoadMaskd", "EnsureChannels", "EnsureChannelsd", "binarize_mask", "image_to_channels",
-           "mask_foreground", "mask_threshold"]
+__all__ = [
+    "LoadMask",
+    "LoadMaskd",
+    "EnsureChannels",
+    "EnsureChannelsd",
+    "binarize_mask",
+    "image_to_channels",
+    "mask_foreground",
+    "mask_threshold",
+]
 
 _ALPHA_CHANNELS = (2, 4)  # LA, RGBA: the last channel is transparency, not data
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -80,13 +88,17 @@ def mask_foreground(mask, threshold: float | None = None, source: str | None = N
         raise ValueError(f"mask {_source(mask, source)} holds NaN/Inf values; save it as an 8-bit 0/255 mask")
     vmax = _max(m)
     if vmax > 65535:
-        raise ValueError(f"mask {_source(mask, source)} holds values up to {vmax:g}: only 0/1, 8-bit and 16-bit "
-                         "masks are read; save it as an 8-bit 0/255 mask")
+        raise ValueError(
+            f"mask {_source(mask, source)} holds values up to {vmax:g}: only 0/1, 8-bit and 16-bit "
+            "masks are read; save it as an 8-bit 0/255 mask"
+        )
     thr = mask_threshold(m) if threshold is None else threshold
     fg = (m > thr).any(dim=0, keepdim=True)
     if alpha is not None and not bool(fg.any()) and alpha.numel() and float(alpha.min()) != float(alpha.max()):
-        raise ValueError(f"mask {_source(mask, source)} draws its shape only in the alpha (transparency) channel, "
-                         "its colour channels are empty; save it as a grey 0/255 mask (shape = 255)")
+        raise ValueError(
+            f"mask {_source(mask, source)} draws its shape only in the alpha (transparency) channel, "
+            "its colour channels are empty; save it as a grey 0/255 mask (shape = 255)"
+        )
     return fg
 
 
@@ -95,8 +107,7 @@ def binarize_mask(mask: torch.Tensor, threshold: float | None = None) -> torch.T
     return mask_foreground(mask, threshold)
 
 
-def image_to_channels(img, channels: int, eight_bit: bool = False, mode: str | None = None,
-                      source: str | None = None):
+def image_to_channels(img, channels: int, eight_bit: bool = False, mode: str | None = None, source: str | None = None):
     """Channel-first image -> ``channels`` channels (tensor in, tensor out; numpy in, numpy out).
 
     An image that already has ``channels`` channels (e.g. a multi-modal MSD volume) keeps them; otherwise a
@@ -123,8 +134,10 @@ def image_to_channels(img, channels: int, eight_bit: bool = False, mode: str | N
         elif c == 3 and channels == 1:
             img = img.float().mean(0, keepdim=True) if isinstance(img, torch.Tensor) else img.mean(0, keepdims=True)
         else:
-            raise ValueError(f"image {where} has {c0} channels (shape {tuple(img.shape)}); the network takes "
-                             f"{channels}: only grey (1), grey+alpha (2), RGB (3) and RGBA (4) images are converted")
+            raise ValueError(
+                f"image {where} has {c0} channels (shape {tuple(img.shape)}); the network takes "
+                f"{channels}: only grey (1), grey+alpha (2), RGB (3) and RGBA (4) images are converted"
+            )
     if eight_bit:
         img = _to_eight_bit(img, mode, where)
     return img
@@ -134,8 +147,10 @@ def _to_eight_bit(img, mode: str | None, where: str):
     vmax = _max(img)
     vmin = _min(img)
     if mode == "F" or vmax > 65535 or vmin < 0:
-        raise ValueError(f"image {where} (PIL mode {mode or 'unknown'}) holds values from {vmin:g} to {vmax:g}: "
-                         "the bundle reads 8-bit and 16-bit images only; convert it to 8-bit (0-255)")
+        raise ValueError(
+            f"image {where} (PIL mode {mode or 'unknown'}) holds values from {vmin:g} to {vmax:g}: "
+            "the bundle reads 8-bit and 16-bit images only; convert it to 8-bit (0-255)"
+        )
     if mode in _SIXTEEN_BIT_MODES or vmax > 255:
         if isinstance(img, torch.Tensor):
             return img.float() * (255.0 / 65535.0)
@@ -153,8 +168,9 @@ class LoadMask(Transform):
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
 
     def __call__(self, filename) -> MetaTensor:
-        files = ([filename] if isinstance(filename, (str, bytes)) or not isinstance(filename, Sequence)
-                 else list(filename))
+        files = (
+            [filename] if isinstance(filename, (str, bytes)) or not isinstance(filename, Sequence) else list(filename)
+        )
         if not files:
             raise ValueError("LoadMask: empty list of mask files")
         out, ref, first = None, None, None
@@ -164,8 +180,10 @@ class LoadMask(Transform):
             if out is None:
                 out, ref, first = fg, img, (f, tuple(img.shape[1:]))
             elif fg.shape != out.shape:
-                raise ValueError(f"LoadMask: mask '{f}' has spatial shape {tuple(fg.shape[1:])} but "
-                                 f"'{first[0]}' of the same case has {first[1]}")
+                raise ValueError(
+                    f"LoadMask: mask '{f}' has spatial shape {tuple(fg.shape[1:])} but "
+                    f"'{first[0]}' of the same case has {first[1]}"
+                )
             else:
                 out = out | fg
         return MetaTensor(out.to(torch.uint8), meta=dict(ref.meta))  # meta holds the affine
@@ -174,8 +192,9 @@ class LoadMask(Transform):
 class LoadMaskd(MapTransform):
     """Dictionary version of :class:`LoadMask` (the value of each key is a path or a list of paths)."""
 
-    def __init__(self, keys: KeysCollection, threshold: float | None = None, reader=None,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, threshold: float | None = None, reader=None, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadMask(threshold=threshold, reader=reader)
 
@@ -206,8 +225,9 @@ class EnsureChannels(Transform):
 class EnsureChannelsd(MapTransform):
     """Dictionary version of :class:`EnsureChannels`."""
 
-    def __init__(self, keys: KeysCollection, channels: int, eight_bit: bool = False,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, channels: int, eight_bit: bool = False, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.op = EnsureChannels(channels, eight_bit=eight_bit)
 

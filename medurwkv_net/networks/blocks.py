@@ -5,6 +5,7 @@ grid (``grid`` is ``[H, W]`` in 2D, ``[D, H, W]`` in 3D). The semantics follow d
 parameter names match the released Vision-RWKV checkpoints so that a state dict loads without renaming.
 The helpers take the grid as a list so that 3D versions only need a new spatial_dims value, not new code.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Bi-WKV operator (Vision-RWKV's bidirectional WKV) with CPU, CUDA and pure-PyTorch backends."""
+
 from .bi_wkv_interface import (
     BACKENDS,
     ENV_BACKEND,

@@ -9,6 +9,7 @@ dk, du and dw are exactly 0)::
 with ``S = ||dy|| * rms(v - mean_t v)``: floor(y) = ||v||, floor(dv) = ||dy||, floor(dk) = floor(du) = S,
 floor(dw) = S * max(1, (T - 1) / 3) (dw weighs every pair by its distance).
 """
+
 from __future__ import annotations
 
 import math

@@ -28,6 +28,7 @@ graphs capture them. The op reads no tensor values on the host: it makes no devi
 and NaN/Inf inputs give NaN/Inf outputs (check data with
 :func:`medurwkv_net.reliability.validate_image` or :func:`medurwkv_net.networks.check_finite_input`).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,14 @@ import torch
 from .bi_wkv_torch import bi_wkv_torch
 
 __all__ = [
-    "bi_wkv", "bi_wkv_ref", "bi_wkv_torch", "bi_wkv_kernel_forward", "bi_wkv_kernel_backward", "BACKENDS",
-    "ENV_BACKEND", "resolve_backend",
+    "bi_wkv",
+    "bi_wkv_ref",
+    "bi_wkv_torch",
+    "bi_wkv_kernel_forward",
+    "bi_wkv_kernel_backward",
+    "BACKENDS",
+    "ENV_BACKEND",
+    "resolve_backend",
 ]
 
 BACKENDS = ("auto", "cpu", "cuda", "torch", "ref")
@@ -187,17 +194,31 @@ def _(w, u, k, v):
     B, _, C = k.shape
     if k.device.type == "cpu":
         T = k.shape[1]
-        return (torch.empty_like(k), torch.empty_like(k), k.new_empty((B, (T + 63) // 64, C), dtype=torch.float64),
-                k.new_empty((B, C), dtype=torch.float64))
+        return (
+            torch.empty_like(k),
+            torch.empty_like(k),
+            k.new_empty((B, (T + 63) // 64, C), dtype=torch.float64),
+            k.new_empty((B, C), dtype=torch.float64),
+        )
     acc = _acc_dtype(k)
-    return (torch.empty_like(k), k.new_empty((0,), dtype=acc), k.new_empty((0,), dtype=acc),
-            k.new_empty((B, C), dtype=acc))
+    return (
+        torch.empty_like(k),
+        k.new_empty((0,), dtype=acc),
+        k.new_empty((0,), dtype=acc),
+        k.new_empty((B, C), dtype=acc),
+    )
 
 
 @torch.library.custom_op("medurwkv::bi_wkv_backward", mutates_args=())
 def bi_wkv_kernel_backward(
-    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, yc: torch.Tensor, lse: torch.Tensor,
-    c0: torch.Tensor, gy: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    yc: torch.Tensor,
+    lse: torch.Tensor,
+    c0: torch.Tensor,
+    gy: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``(gw, gu, gk, gv)`` from the saved outputs of :func:`bi_wkv_kernel_forward`."""
     from . import build
@@ -244,7 +265,7 @@ def _arch_hint(device: torch.device) -> str:
         return f"run `{build_hint()}`"
     major, minor = torch.cuda.get_device_capability(device)
     return (
-        f"rebuild for this GPU with `TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\" {build_hint()} --cuda=True` "
+        f'rebuild for this GPU with `TORCH_CUDA_ARCH_LIST="{major}.{minor}" {build_hint()} --cuda=True` '
         "(and keep TORCH_CUDA_ARCH_LIST set when training)"
     )
 
@@ -298,9 +319,7 @@ def _kernel_ready(name: str, device: str, explicit: bool) -> bool:
         _warn_once(
             name,
             f"medurwkv_net: Bi-WKV {name} kernel unavailable ({err}); using the pure-PyTorch linear path "
-            f"instead. To rebuild it: `{build_hint()}`"
-            + (" --cuda=True" if name == "cuda" else "")
-            + ".",
+            f"instead. To rebuild it: `{build_hint()}`" + (" --cuda=True" if name == "cuda" else "") + ".",
         )
         return False
     why = _device_unsupported(name, dev)
@@ -356,9 +375,7 @@ def _bi_wkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         return bi_wkv_torch(w, u, k, v)
     if k.dtype not in _KERNEL_DTYPES[name]:
         if explicit:
-            raise ValueError(
-                f"bi_wkv: the {name} kernel supports {_KERNEL_DTYPES[name]}, got k with {_describe(k)}"
-            )
+            raise ValueError(f"bi_wkv: the {name} kernel supports {_KERNEL_DTYPES[name]}, got k with {_describe(k)}")
         # e.g. float16 on CPU: no CPU half kernel, compute in float32 and cast back.
         if name == "cpu":
             return bi_wkv(w, u, k.float(), v.float(), backend).to(k.dtype)

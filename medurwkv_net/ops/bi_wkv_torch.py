@@ -21,6 +21,7 @@ dynamic sizes). Every partial sum is stored as
 with the number of chunks rather than with ``T``. The scales only stabilise the arithmetic; they
 cancel exactly in ``num / den``, so gradients are exact.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -39,8 +40,9 @@ def _seq(x: torch.Tensor, B: int, T: int) -> List[torch.Tensor]:
     return [y[:B], y[B:].flip(1)]
 
 
-def _carries_loop(h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor, decay: torch.Tensor,
-                  neg: float) -> List[torch.Tensor]:
+def _carries_loop(
+    h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor, decay: torch.Tensor, neg: float
+) -> List[torch.Tensor]:
     """State entering each chunk by the recurrence ``S_{n+1} = exp(decay) S_n + exp(h_n) eta_n``.
 
     All tensors are float64 ``[2B, N, C]`` (``decay``: ``[C]``). Returns ``[s, sigma_num, sigma_den]``
@@ -70,8 +72,9 @@ def _carries_loop(h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor,
     return [torch.stack(s_list, 1), torch.stack(n_list, 1), torch.stack(d_list, 1)]
 
 
-def _carries_dense(h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor, decay: torch.Tensor,
-                   neg: float) -> List[torch.Tensor]:
+def _carries_dense(
+    h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor, decay: torch.Tensor, neg: float
+) -> List[torch.Tensor]:
     """:func:`_carries_loop` without a loop: ``S_n = sum_{m < n} exp((n - 1 - m) decay + h_m) eta_m``.
 
     Every term is scaled by the largest exponent of its row ``n`` (so each factor is ``<= 1`` and the
@@ -91,7 +94,11 @@ def _carries_dense(h: torch.Tensor, eta_num: torch.Tensor, eta_den: torch.Tensor
 
 
 def bi_wkv_torch(
-    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = DEFAULT_CHUNK,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    chunk: int = DEFAULT_CHUNK,
     loop_free: bool = False,
 ) -> torch.Tensor:
     """Bi-WKV in O(T * chunk) time and O(B * T * C) memory, pure PyTorch.

@@ -20,6 +20,7 @@ from the ``nvcc`` on ``PATH``, following symlinks and wrapper scripts (``nvcc -d
 sm_75, sm_80, sm_86, sm_89 and sm_90 plus compute_90 PTX (newer GPUs compile the PTX) unless
 ``TORCH_CUDA_ARCH_LIST`` is set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -115,7 +116,9 @@ def _toolkit_behind_nvcc(nvcc: str) -> Optional[Path]:
             src.write_text("__global__ void probe() {}\n")
             out = subprocess.run(
                 [nvcc, "-dryrun", "-c", str(src), "-o", str(Path(tmp) / "probe.o")],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
         m = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, flags=re.M)
         if m:

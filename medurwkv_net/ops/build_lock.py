@@ -10,6 +10,7 @@ leftover torch ``lock`` file is stale.
 The lock file (``medurwkv_build.lock`` in the build folder) records the owner's pid, host and start
 time so that a waiting process can say who it waits for.
 """
+
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ Note that the 3D Q-Shift assigns channel sixths (depth, width, height neighbours
 quarters (width, height), so the inflated blocks start from ImageNet weights but see a differently shifted
 input in part of their channels; fine-tuning adapts them (the inflation is an initialisation, as in I3D).
 """
+
 from __future__ import annotations
 
 import math

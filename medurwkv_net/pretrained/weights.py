@@ -18,6 +18,7 @@ sum over RGB; for any ``n`` an image whose ``n`` channels all equal ``g`` gives 
 image ``(g, g, g)``. (Medical channels such as MRI sequences have no RGB correspondence, so no channel is
 preferred.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,7 +112,7 @@ def verify_hub_file(path: Union[str, os.PathLike], repo_id: str, filename: str, 
 
 
 def _parse_hf(source: str) -> Tuple[str, str, Optional[str]]:
-    rest = source[len("hf://"):]
+    rest = source[len("hf://") :]
     revision: Optional[str] = None
     if "@" in rest:
         rest, _, revision = rest.rpartition("@")
@@ -119,14 +120,13 @@ def _parse_hf(source: str) -> Tuple[str, str, Optional[str]]:
             raise ValueError(f"hf source {source!r}: empty revision after '@'.")
     parts = rest.split("/")
     if len(parts) < 3 or not all(parts):
-        raise ValueError(
-            f"hf source {source!r} must look like hf://owner/repo/path/to/file.pth[@revision]."
-        )
+        raise ValueError(f"hf source {source!r} must look like hf://owner/repo/path/to/file.pth[@revision].")
     return "/".join(parts[:2]), "/".join(parts[2:]), revision
 
 
-def _unavailable_message(repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str],
-                         err: BaseException) -> str:
+def _unavailable_message(
+    repo_id: str, filename: str, revision: Optional[str], cache_dir: Optional[str], err: BaseException
+) -> str:
     """Why a Hub file could not be had, where it was looked for, and the three ways on."""
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -222,8 +222,10 @@ def _unwrap(obj: Any, where: str) -> Dict[str, torch.Tensor]:
         else:
             break
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"Checkpoint {where} holds no state dict (expected a dict of tensors, optionally "
-                         f"wrapped in 'state_dict' or 'model'); got {type(obj).__name__}.")
+        raise ValueError(
+            f"Checkpoint {where} holds no state dict (expected a dict of tensors, optionally "
+            f"wrapped in 'state_dict' or 'model'); got {type(obj).__name__}."
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"Checkpoint {where}: entries that are not tensors: {bad[:10]}.")
@@ -248,11 +250,11 @@ def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     for k, v in state_dict.items():
         for prefix in ("module.",):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         if k.startswith("head.") or k.startswith("neck."):
             continue
         if k.startswith("backbone."):
-            k = k[len("backbone."):]
+            k = k[len("backbone.") :]
         out[k] = v
     return out
 
@@ -347,17 +349,22 @@ def load_vrwkv_weights(
     report = LoadReport(str(path), missing, unexpected, mismatched)
     problems = bool(missing or unexpected or mismatched)
     if problems:
-        lines = [f"Checkpoint {path} (source {os.fspath(source)!r}) does not fit the model "
-                 f"(model: {_guess_variant(own)}; checkpoint: {_guess_variant(sd)})."]
+        lines = [
+            f"Checkpoint {path} (source {os.fspath(source)!r}) does not fit the model "
+            f"(model: {_guess_variant(own)}; checkpoint: {_guess_variant(sd)})."
+        ]
         if mismatched:
-            lines.append(f"{len(mismatched)} mis-shaped keys (key: checkpoint shape vs model shape): " + "; ".join(
-                f"{k}: {list(a)} vs {list(b)}" for k, a, b in mismatched[:12])
-                + (" ..." if len(mismatched) > 12 else ""))
+            lines.append(
+                f"{len(mismatched)} mis-shaped keys (key: checkpoint shape vs model shape): "
+                + "; ".join(f"{k}: {list(a)} vs {list(b)}" for k, a, b in mismatched[:12])
+                + (" ..." if len(mismatched) > 12 else "")
+            )
         if missing:
             lines.append(f"{len(missing)} missing keys: {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
         if unexpected:
-            lines.append(f"{len(unexpected)} unexpected keys: {unexpected[:12]}"
-                         + (" ..." if len(unexpected) > 12 else ""))
+            lines.append(
+                f"{len(unexpected)} unexpected keys: {unexpected[:12]}" + (" ..." if len(unexpected) > 12 else "")
+            )
         msg = "\n".join(lines)
         if strict:
             raise ValueError(msg)
@@ -399,8 +406,10 @@ def convert_weights(
     path, known_sha = resolve_source(src, cache_dir=cache_dir)
     sd = _strip(load_checkpoint(path, sha256=known_sha))
     if "pos_embed" not in sd or "patch_embed.projection.weight" not in sd:
-        raise ValueError(f"convert-weights: {path} is not a Vision-RWKV checkpoint (no pos_embed / "
-                         f"patch_embed.projection.weight among keys {sorted(sd)[:8]} ...).")
+        raise ValueError(
+            f"convert-weights: {path} is not a Vision-RWKV checkpoint (no pos_embed / "
+            f"patch_embed.projection.weight among keys {sorted(sd)[:8]} ...)."
+        )
     if in_channels is not None:
         sd["patch_embed.projection.weight"] = adapt_input_conv(sd["patch_embed.projection.weight"], int(in_channels))
     tensors = {k: v.detach().contiguous().clone() for k, v in sd.items()}

@@ -11,6 +11,7 @@ three changes:
   epoch, SHA-256 of the file) with every checkpoint and restores it on resume, so a resumed run only
   replaces the best model with a better one.
 """
+
 from __future__ import annotations
 
 import logging

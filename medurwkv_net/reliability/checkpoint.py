@@ -9,6 +9,7 @@ restores the newest *readable* checkpoint at ``Events.STARTED``: a truncated or 
 reported (naming the file) and the previous good one is used.
 Loading uses ``torch.load(weights_only=True)`` only: everything is stored as tensors and plain types.
 """
+
 from __future__ import annotations
 
 import logging
@@ -150,8 +151,9 @@ class ResumableCheckpoint:
                 raise RuntimeError("ResumableCheckpoint is already attached to another trainer")
             return
         self.trainer = engine
-        self.saver = AtomicDiskSaver(self.save_dir, create_dir=True, require_empty=False,
-                                     before_replace=self.before_replace)
+        self.saver = AtomicDiskSaver(
+            self.save_dir, create_dir=True, require_empty=False, before_replace=self.before_replace
+        )
         to_save = {"trainer": engine, **self.objects, "progress": self.progress}
         if self.best_model is not None:
             to_save["best_model"] = self.best_model
@@ -175,8 +177,10 @@ class ResumableCheckpoint:
         """Make our save handlers the last ones of their events, whatever the order handlers were attached
         in (e.g. before LrScheduleHandler / ValidationHandler in a bundle's ``train#handlers``): a checkpoint
         then holds the state *after* every other end-of-epoch handler ran (scheduler stepped, metrics in)."""
-        for event, handler in ((Events.EPOCH_COMPLETED, self._on_epoch_completed),
-                               (Events.ITERATION_COMPLETED, self._on_iteration_completed)):
+        for event, handler in (
+            (Events.EPOCH_COMPLETED, self._on_epoch_completed),
+            (Events.ITERATION_COMPLETED, self._on_iteration_completed),
+        ):
             if engine.has_event_handler(handler, event):
                 engine.remove_event_handler(handler, event)
             engine.add_event_handler(event, handler)
@@ -327,9 +331,7 @@ class ResumableCheckpoint:
             iteration = epoch * cur_len
         epoch = iteration // cur_len if cur_len else 0
         if max_epochs is not None and epoch > max_epochs:
-            raise CheckpointError(
-                f"checkpoint '{path}' is at epoch {epoch}, beyond this run's max_epochs={max_epochs}"
-            )
+            raise CheckpointError(f"checkpoint '{path}' is at epoch {epoch}, beyond this run's max_epochs={max_epochs}")
         engine.load_state_dict({"iteration": iteration, "epoch_length": cur_len, "max_epochs": max_epochs})
 
     def _fit_schedules(self, engine: Engine, saved: Mapping, path: Path) -> None:

@@ -6,6 +6,7 @@ and starts those states from the beginning, so its augmentations differ from tho
 unless the states are saved and restored: :func:`capture_data_rng` and :func:`restore_data_rng` do that
 for every ``Randomizable`` and every ``torch.Generator`` reachable from a data loader, in a fixed order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,7 +94,7 @@ def restore_data_rng(root: Any, states: list[Mapping], source: str = "the checkp
     got = [(p, "torch.Generator" if isinstance(o, torch.Generator) else type(o).__name__) for p, o in components]
     want = [(s.get("path"), s.get("kind")) for s in states]
     if got != want:
-        diff = next(((w, g) for w, g in zip(want, got) if w != g), (want[len(got):][:1], got[len(want):][:1]))
+        diff = next(((w, g) for w, g in zip(want, got) if w != g), (want[len(got) :][:1], got[len(want) :][:1]))
         logger.warning(
             f"the data pipeline has {len(got)} random component(s), {source} holds states of {len(want)} "
             f"(first difference: saved {diff[0]}, now {diff[1]}): random transform states not restored, the "

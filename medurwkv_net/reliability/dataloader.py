@@ -5,6 +5,7 @@ network file system or stuck in a transform keeps inference or training waiting 
 :class:`TimeoutDataLoader` (MONAI's ``DataLoader``) sets a timeout and, when it expires, names the batch and,
 for loaders that do not shuffle, the cases the stuck worker was loading.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,7 @@ class TimeoutDataLoader(DataLoader):
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.worker_timeout = float(timeout)
-        super().__init__(dataset, num_workers=num_workers, timeout=self.worker_timeout if num_workers else 0,
-                         **kwargs)
+        super().__init__(dataset, num_workers=num_workers, timeout=self.worker_timeout if num_workers else 0, **kwargs)
 
     def _cases(self, first: int, count: int) -> str:
         """The batches ``first .. first + count - 1`` and, for a loader that does not shuffle, their cases."""

@@ -4,6 +4,7 @@ Like ignite's ``TerminateOnNan``, but it raises instead of terminating quietly: 
 no completion handler (final evaluation, export) runs on diverged weights, and the message names the
 epoch, the iteration, the learning rate and the likely causes.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ Thin layer over :class:`monai.inferers.SlidingWindowInferer`: the network only e
 ``device`` (e.g. windows on the GPU, the full-size output in CPU memory), so the peak memory is the
 input + output + one count map plus what one window batch needs, whatever the image size.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -13,8 +14,14 @@ import numpy as np
 import torch
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
-__all__ = ["SafeSimpleInferer", "SafeSliceInferer", "SafeSlidingWindowInferer", "infer_in_channels",
-           "sliding_window_predict", "validate_image"]
+__all__ = [
+    "SafeSimpleInferer",
+    "SafeSliceInferer",
+    "SafeSlidingWindowInferer",
+    "infer_in_channels",
+    "sliding_window_predict",
+    "validate_image",
+]
 
 
 def infer_in_channels(network: torch.nn.Module) -> int | None:
@@ -28,9 +35,7 @@ def infer_in_channels(network: torch.nn.Module) -> int | None:
     return None
 
 
-def validate_image(
-    image: Any, spatial_dims: int, in_channels: int | None = None, name: str = "image"
-) -> torch.Tensor:
+def validate_image(image: Any, spatial_dims: int, in_channels: int | None = None, name: str = "image") -> torch.Tensor:
     """Return ``image`` as a float tensor ``[B, C, *spatial]``; raise ``ValueError`` naming what is wrong.
 
     Accepts ``[C, *spatial]`` (a batch dim is added) or ``[B, C, *spatial]``, numpy or torch.
@@ -55,8 +60,7 @@ def validate_image(
         )
     if in_channels is not None and image.shape[1] != in_channels:
         raise ValueError(
-            f"{name} has {image.shape[1]} channel(s) (shape {tuple(image.shape)}), the network expects "
-            f"{in_channels}"
+            f"{name} has {image.shape[1]} channel(s) (shape {tuple(image.shape)}), the network expects {in_channels}"
         )
     if image.dtype == torch.bool or not (image.is_floating_point() or image.is_complex()):
         image = image.float()
@@ -90,8 +94,11 @@ def _check_network(network: Any, checkpoint: str | None) -> None:
     """Raise ``RuntimeError`` naming the checkpoint if a parameter or buffer of ``network`` is NaN/Inf."""
     if not isinstance(network, torch.nn.Module):
         return
-    bad = [n for n, t in (*network.named_parameters(), *network.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [
+        n
+        for n, t in (*network.named_parameters(), *network.named_buffers())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
     if bad:
         raise RuntimeError(
             f"refusing to run inference: {len(bad)} weight tensor(s) of {_weights_origin(checkpoint)} hold NaN/Inf "
@@ -154,8 +161,15 @@ class SafeSlidingWindowInferer(_CheckedInferer, SlidingWindowInferer):
         args, kwargs: passed to ``SlidingWindowInferer``.
     """
 
-    def __init__(self, roi_size: Sequence[int] | int, *args: Any, in_channels: int | None = None,
-                 check_output: bool = True, checkpoint: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        *args: Any,
+        in_channels: int | None = None,
+        check_output: bool = True,
+        checkpoint: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(roi_size, *args, **kwargs)
         self.in_channels = in_channels
         self.check_output = check_output
@@ -179,8 +193,13 @@ class SafeSimpleInferer(_CheckedInferer, SimpleInferer):
         checkpoint: the file the weights come from, named in the messages.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int | None = None, check_output: bool = True,
-                 checkpoint: str | None = None):
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int | None = None,
+        check_output: bool = True,
+        checkpoint: str | None = None,
+    ):
         super().__init__()
         self.spatial_dims = int(spatial_dims)
         self.in_channels = in_channels
@@ -207,9 +226,16 @@ class SafeSliceInferer(_CheckedInferer, SliceInferer):
         args, kwargs: passed to ``SlidingWindowInferer`` (``sw_batch_size``: slices per forward pass).
     """
 
-    def __init__(self, roi_size: Sequence[int] | int, *args: Any, spatial_dim: int = 2,
-                 in_channels: int | None = None, check_output: bool = True, checkpoint: str | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        *args: Any,
+        spatial_dim: int = 2,
+        in_channels: int | None = None,
+        check_output: bool = True,
+        checkpoint: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(spatial_dim, roi_size, *args, **kwargs)
         self.in_channels = in_channels
         self.check_output = check_output
@@ -255,8 +281,15 @@ def sliding_window_predict(
     network.eval()
     try:
         inferer = SafeSlidingWindowInferer(
-            roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-            sw_device=sw_device, device=device, progress=progress, in_channels=in_channels, **kwargs,
+            roi_size=list(roi_size),
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode=mode,
+            sw_device=sw_device,
+            device=device,
+            progress=progress,
+            in_channels=in_channels,
+            **kwargs,
         )
         out = inferer(image, network)
     finally:

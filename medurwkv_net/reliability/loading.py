@@ -4,6 +4,7 @@
 (``weights_only``; an empty, truncated, junk or code-carrying file is refused with a message naming it) and
 refuses weights holding NaN/Inf, then loads it the way MONAI's ``CheckpointLoader`` does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

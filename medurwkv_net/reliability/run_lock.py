@@ -4,6 +4,7 @@ A second run on the same folder fails at once, naming the folder and the running
 process that no longer exists (killed, machine rebooted) is taken over with a warning. The lock is released
 when the trainer completes and when the process exits.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -9,12 +9,25 @@ not public, so the reader takes the layout documented in :mod:`.release` and mat
   inference and the 3D variant, and the datalist (what the bundle's ``prepare_data`` and
   ``python -m medurwkv_net prepare-data nkut`` run).
 """
+
 from __future__ import annotations
 
 from .labels import CLASS_NAMES, load_volume, read_label_map
-from .prepare import (DEFAULT_PERCENTILES, EMPTY_SLICE_FRACTION, list_volumes, output_name, prepare, summary)
+from .prepare import DEFAULT_PERCENTILES, EMPTY_SLICE_FRACTION, list_volumes, output_name, prepare, summary
 from .release import VOLUME_EXTENSIONS, Case, NkutRelease, read_release
 
-__all__ = ["CLASS_NAMES", "DEFAULT_PERCENTILES", "EMPTY_SLICE_FRACTION", "VOLUME_EXTENSIONS", "Case", "NkutRelease",
-           "list_volumes", "load_volume", "output_name", "prepare", "read_label_map", "read_release",
-           "summary"]
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_PERCENTILES",
+    "EMPTY_SLICE_FRACTION",
+    "VOLUME_EXTENSIONS",
+    "Case",
+    "NkutRelease",
+    "list_volumes",
+    "load_volume",
+    "output_name",
+    "prepare",
+    "read_label_map",
+    "read_release",
+    "summary",
+]

@@ -12,6 +12,7 @@ against the image's grid and values, and every difference between it and the uni
 counted in the preparation notes. Bone and binary maps stored as 0/255 are read as 0/1; any other value, and
 any non-integer value, is refused with the file named.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,12 +63,16 @@ def load_volume(path: Path, what: str):
         img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
     except Exception as e:  # the readers raise many types for corrupt data; all mean "unreadable"
         text = str(e).strip().splitlines()
-        raise DatasetError(f"nkut: {what} {describe(path)} cannot be read (truncated or corrupt?): "
-                           f"{type(e).__name__}: {text[0] if text else ''}; replace it with an intact copy from "
-                           "the release") from None
+        raise DatasetError(
+            f"nkut: {what} {describe(path)} cannot be read (truncated or corrupt?): "
+            f"{type(e).__name__}: {text[0] if text else ''}; replace it with an intact copy from "
+            "the release"
+        ) from None
     if img.ndim != 4 or img.shape[0] != 1:
-        raise DatasetError(f"nkut: {what} {describe(path)} has the shape {tuple(img.shape[1:])} with "
-                           f"{img.shape[0]} channel(s): expected one 3D volume")
+        raise DatasetError(
+            f"nkut: {what} {describe(path)} has the shape {tuple(img.shape[1:])} with "
+            f"{img.shape[0]} channel(s): expected one 3D volume"
+        )
     return img
 
 
@@ -76,11 +81,13 @@ def _check_grid(case: str, image, image_path: Path, label, label_path: Path, rol
         raise DatasetError(
             f"nkut case '{case}': {role} {describe(label_path)} is {tuple(label.shape[1:])} voxels but the image "
             f"{describe(image_path)} is {tuple(image.shape[1:])}; a label map must lie on its image's voxel grid: "
-            "re-export it on the image's grid (or replace it with the release's copy)")
+            "re-export it on the image's grid (or replace it with the release's copy)"
+        )
     a = np.asarray(image.affine, dtype=np.float64)
     b = np.asarray(label.affine, dtype=np.float64)
     diff = float(np.abs(a - b).max())
     if diff > AFFINE_ATOL:
+
         def spacing(m):
             return [round(float(np.linalg.norm(m[:3, i])), 4) for i in range(3)]
 
@@ -88,26 +95,33 @@ def _check_grid(case: str, image, image_path: Path, label, label_path: Path, rol
             f"nkut case '{case}': {role} {describe(label_path)} and the image {describe(image_path)} have "
             f"different geometry (affines differ by up to {diff:.4g} mm; spacing {spacing(b)} vs {spacing(a)}, "
             f"origin {b[:3, 3].round(3).tolist()} vs {a[:3, 3].round(3).tolist()}): the label map would not "
-            "overlay its image; re-export it with the image's spacing, origin and orientation")
+            "overlay its image; re-export it with the image's spacing, origin and orientation"
+        )
 
 
 def _integers(arr: np.ndarray, path: Path, role: str, case: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
-            raise DatasetError(f"nkut case '{case}': {role} {describe(path)} holds NaN/Inf values; a label map "
-                               "holds class numbers only")
+            raise DatasetError(
+                f"nkut case '{case}': {role} {describe(path)} holds NaN/Inf values; a label map "
+                "holds class numbers only"
+            )
         frac = arr != np.round(arr)
         if frac.any():
-            raise DatasetError(f"nkut case '{case}': {role} {describe(path)} holds {int(frac.sum())} non-integer "
-                               f"values (e.g. {np.unique(arr[frac])[:3].tolist()}); a label map holds class numbers "
-                               "only (was it resampled with linear interpolation?)")
+            raise DatasetError(
+                f"nkut case '{case}': {role} {describe(path)} holds {int(frac.sum())} non-integer "
+                f"values (e.g. {np.unique(arr[frac])[:3].tolist()}); a label map holds class numbers "
+                "only (was it resampled with linear interpolation?)"
+            )
     return np.round(arr).astype(np.int64)
 
 
 def _refuse(arr: np.ndarray, bad: list[int], path: Path, role: str, case: str, expected: str, todo: str):
     counts = {v: int((arr == v).sum()) for v in bad[:6]}
-    raise DatasetError(f"nkut case '{case}': {role} {describe(path)} holds the values {bad[:6]} (voxels per value: "
-                       f"{counts}) where {expected} are expected; {todo}")
+    raise DatasetError(
+        f"nkut case '{case}': {role} {describe(path)} holds the values {bad[:6]} (voxels per value: "
+        f"{counts}) where {expected} are expected; {todo}"
+    )
 
 
 def _map_values(arr: np.ndarray, path: Path, role: str, what: str, case: str, num_classes: int) -> np.ndarray:
@@ -115,22 +129,43 @@ def _map_values(arr: np.ndarray, path: Path, role: str, what: str, case: str, nu
     if role == "tooth":
         bad = [v for v in values if v not in _TOOTH]
         if bad:
-            _refuse(arr, bad, path, what, case, "0 background, 1 wisdom tooth, 2 second molar",
-                    "convert the map to these values, or give one label map per case (labels/CASE.<ext>) with "
-                    "--class_names")
+            _refuse(
+                arr,
+                bad,
+                path,
+                what,
+                case,
+                "0 background, 1 wisdom tooth, 2 second molar",
+                "convert the map to these values, or give one label map per case (labels/CASE.<ext>) with "
+                "--class_names",
+            )
         return arr
     if role in ("bone", "binary"):
         if set(values) <= {0, 1}:
             return arr
         if set(values) <= {0, 255}:
             return (arr > 0).astype(np.int64)
-        _refuse(arr, [v for v in values if v not in (0, 1)], path, what, case, "0 and 1 (or 0 and 255)",
-                "convert the map to 0 = background, 1 = foreground")
+        _refuse(
+            arr,
+            [v for v in values if v not in (0, 1)],
+            path,
+            what,
+            case,
+            "0 and 1 (or 0 and 255)",
+            "convert the map to 0 = background, 1 = foreground",
+        )
     bad = [v for v in values if not 0 <= v < num_classes]
     if bad:
-        _refuse(arr, bad, path, what, case, f"the class indices 0..{num_classes - 1}",
-                "pass --class_names with one name per class (background first) and --out_channels N, or convert "
-                "the label map")
+        _refuse(
+            arr,
+            bad,
+            path,
+            what,
+            case,
+            f"the class indices 0..{num_classes - 1}",
+            "pass --class_names with one name per class (background first) and --out_channels N, or convert "
+            "the label map",
+        )
     return arr
 
 
@@ -150,8 +185,9 @@ def read_label_map(case: Case, image, num_classes: int = len(CLASS_NAMES)) -> tu
         what = f"{role} label map" if role != "label" else "label map"
         lab = load_volume(path, what)
         _check_grid(case.case, image, case.image, lab, path, what)
-        arrays[role] = _map_values(_integers(np.asarray(lab[0]), path, what, case.case), path, role, what,
-                                   case.case, num_classes)
+        arrays[role] = _map_values(
+            _integers(np.asarray(lab[0]), path, what, case.case), path, role, what, case.case, num_classes
+        )
     notes: list[str] = []
     if "label" in arrays:
         return arrays["label"].astype(np.uint8), notes
@@ -164,7 +200,9 @@ def read_label_map(case: Case, image, num_classes: int = len(CLASS_NAMES)) -> tu
         labelled = out > 0
         missing, extra = int((labelled & ~inside).sum()), int((inside & ~labelled).sum())
         if missing or extra:
-            notes.append(f"case '{case.case}': the binary map differs from tooth + bone by {missing} labelled voxels "
-                         f"outside it and {extra} of its voxels in neither map (the binary map is not used for the "
-                         "classes)")
+            notes.append(
+                f"case '{case.case}': the binary map differs from tooth + bone by {missing} labelled voxels "
+                f"outside it and {extra} of its voxels in neither map (the binary map is not used for the "
+                "classes)"
+            )
     return out, notes

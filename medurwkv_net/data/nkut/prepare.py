@@ -25,6 +25,7 @@ mapped to [0, 1] between its own ``percentiles`` (default 0.5 and 99.5, clipped)
 whose image is constant and unlabelled (outside the field of view) are left out; of the other slices without
 any labelled voxel a seeded ``empty_slice_fraction`` is kept (the network must learn to leave them empty).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -42,8 +43,7 @@ from ..splits import DEFAULT_FRACTIONS, _check_fractions, seeded_split
 from .labels import CLASS_NAMES, load_volume, read_label_map
 from .release import fingerprint, read_release, strip_volume_extension, volume_stem
 
-__all__ = ["DEFAULT_PERCENTILES", "EMPTY_SLICE_FRACTION", "list_volumes", "output_name", "prepare",
-           "summary"]
+__all__ = ["DEFAULT_PERCENTILES", "EMPTY_SLICE_FRACTION", "list_volumes", "output_name", "prepare", "summary"]
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 EMPTY_SLICE_FRACTION = 0.25
@@ -64,9 +64,16 @@ def _settings(seed, fractions, class_names, percentiles, empty_slice_fraction) -
         raise DatasetError(f"nkut: percentiles must be two numbers 0 <= lower < upper <= 100, got {list(percentiles)}")
     if not 0 <= float(empty_slice_fraction) <= 1:
         raise DatasetError(f"nkut: empty_slice_fraction must lie in [0, 1], got {empty_slice_fraction}")
-    return {"seed": int(seed), "fractions": list(fr), "class_names": list(class_names), "percentiles": [lo, hi],
-            "empty_slice_fraction": float(empty_slice_fraction), "slice_axis": SLICE_AXIS, "orientation": "RAS",
-            "version": _VERSION}
+    return {
+        "seed": int(seed),
+        "fractions": list(fr),
+        "class_names": list(class_names),
+        "percentiles": [lo, hi],
+        "empty_slice_fraction": float(empty_slice_fraction),
+        "slice_axis": SLICE_AXIS,
+        "orientation": "RAS",
+        "version": _VERSION,
+    }
 
 
 def _is_complete(path: Path, preparation: dict) -> bool:
@@ -81,8 +88,14 @@ def _is_complete(path: Path, preparation: dict) -> bool:
 
 def _listed(datalist: dict) -> list[str]:
     keys = ("training", "validation") + _VOLUME_KEYS
-    return [c[k] for key in keys for c in datalist.get(key, []) if isinstance(c, dict) for k in ("image", "label")
-            if isinstance(c.get(k), str)]
+    return [
+        c[k]
+        for key in keys
+        for c in datalist.get(key, [])
+        if isinstance(c, dict)
+        for k in ("image", "label")
+        if isinstance(c.get(k), str)
+    ]
 
 
 def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -137,9 +150,17 @@ def _remove_stale(path: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def prepare(dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIONS, class_names=None,
-            image_dir: str | None = None, label_dir: str | None = None, percentiles=DEFAULT_PERCENTILES,
-            empty_slice_fraction: float = EMPTY_SLICE_FRACTION) -> str:
+def prepare(
+    dataset_dir,
+    datalist_file,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    class_names=None,
+    image_dir: str | None = None,
+    label_dir: str | None = None,
+    percentiles=DEFAULT_PERCENTILES,
+    empty_slice_fraction: float = EMPTY_SLICE_FRACTION,
+) -> str:
     """Prepare the NKUT release under ``dataset_dir`` next to ``datalist_file`` unless a matching preparation
     is there; return the datalist's path (what the bundle's ``prepare_data`` calls).
 
@@ -161,32 +182,46 @@ def prepare(dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIO
     release = read_release(dataset_dir, image_dir, label_dir)
     names = list(class_names) if class_names is not None else list(CLASS_NAMES)
     if release.layout == "maps" and len(names) != len(CLASS_NAMES):
-        raise DatasetError(f"nkut: the tooth/ and bone/ label maps of '{release.label_dir}' give the "
-                           f"{len(CLASS_NAMES)} classes {list(CLASS_NAMES)}; the bundle is configured for "
-                           f"{len(names)} {names}: pass --class_names \"{list(CLASS_NAMES)}\" --out_channels "
-                           f"{len(CLASS_NAMES)} (the defaults)")
+        raise DatasetError(
+            f"nkut: the tooth/ and bone/ label maps of '{release.label_dir}' give the "
+            f"{len(CLASS_NAMES)} classes {list(CLASS_NAMES)}; the bundle is configured for "
+            f'{len(names)} {names}: pass --class_names "{list(CLASS_NAMES)}" --out_channels '
+            f"{len(CLASS_NAMES)} (the defaults)"
+        )
     settings = _settings(seed, fractions, names, percentiles, empty_slice_fraction)
     path = Path(datalist_file).expanduser().absolute()
-    preparation = {**settings, "layout": release.layout, "cases": [
-        {"case": c.case, "image": fingerprint(c.image), "labels": {r: fingerprint(p) for r, p in c.labels.items()}}
-        for c in release.cases]}
+    preparation = {
+        **settings,
+        "layout": release.layout,
+        "cases": [
+            {"case": c.case, "image": fingerprint(c.image), "labels": {r: fingerprint(p) for r, p in c.labels.items()}}
+            for c in release.cases
+        ],
+    }
     if _is_complete(path, preparation):
         return str(path)
-    split = seeded_split([{"case": c.case, "item": c} for c in release.cases], settings["fractions"], seed,
-                         stratify=None)
+    split = seeded_split(
+        [{"case": c.case, "item": c} for c in release.cases], settings["fractions"], seed, stratify=None
+    )
     for key in ("training", "validation", "test"):
         if not split[key]:
-            raise DatasetError(f"nkut: the {len(release.cases)} case(s) of '{release.image_dir}' leave the {key} "
-                               f"split empty (fractions {settings['fractions']}); training, validation and test "
-                               "need a case each: at least 3 cases")
+            raise DatasetError(
+                f"nkut: the {len(release.cases)} case(s) of '{release.image_dir}' leave the {key} "
+                f"split empty (fractions {settings['fractions']}); training, validation and test "
+                "need a case each: at least 3 cases"
+            )
     root = path.parent
-    datalist: dict = {"name": "NKUT", "dataset": "nkut", "dataset_dir": str(release.root), "layout": release.layout,
-                      "labels": {str(i): n for i, n in enumerate(names)},
-                      "split": {"method": "seeded", "unit": "case", "seed": int(seed),
-                                "fractions": settings["fractions"]},
-                      "spatial_dims": {"training": 2, "validation": 2, **{k: 3 for k in _VOLUME_KEYS}},
-                      "empty_labels_expected": ["training", "validation"],
-                      "notes": list(release.notes)}
+    datalist: dict = {
+        "name": "NKUT",
+        "dataset": "nkut",
+        "dataset_dir": str(release.root),
+        "layout": release.layout,
+        "labels": {str(i): n for i, n in enumerate(names)},
+        "split": {"method": "seeded", "unit": "case", "seed": int(seed), "fractions": settings["fractions"]},
+        "spatial_dims": {"training": 2, "validation": 2, **{k: 3 for k in _VOLUME_KEYS}},
+        "empty_labels_expected": ["training", "validation"],
+        "notes": list(release.notes),
+    }
     lists: dict[str, list] = {k: [] for k in ("training", "validation") + _VOLUME_KEYS}
     for key in ("training", "validation", "test"):
         for entry in split[key]:
@@ -202,9 +237,11 @@ def prepare(dataset_dir, datalist_file, seed: int = 0, fractions=DEFAULT_FRACTIO
                 lists[key] += _slices(case.case, image, label, root, settings)
     for key in ("training", "validation"):
         if not lists[key]:
-            raise DatasetError(f"nkut: the {key} cases ({', '.join(c['case'] for c in lists[key + '_volumes'])}) "
-                               "gave no slice: their label maps are empty and empty_slice_fraction is "
-                               f"{settings['empty_slice_fraction']}; check the label maps")
+            raise DatasetError(
+                f"nkut: the {key} cases ({', '.join(c['case'] for c in lists[key + '_volumes'])}) "
+                "gave no slice: their label maps are empty and empty_slice_fraction is "
+                f"{settings['empty_slice_fraction']}; check the label maps"
+            )
     datalist.update({"numTraining": len(lists["training"]), **lists, "preparation": preparation})
     _remove_stale(path, set(_listed(datalist)))
     atomic_write_json(path, datalist, indent=1)
@@ -216,8 +253,10 @@ def summary(path) -> str:
     dl = json.loads(Path(path).read_text())
     parts = [f"{k}: {len(dl[k + '_volumes'])} case(s), {len(dl[k])} slices" for k in ("training", "validation")]
     parts.append(f"test: {len(dl['test'])} volume(s)")
-    text = (f"{dl['name']} at '{dl['dataset_dir']}' ({dl['layout']} layout; seeded split by case, seed "
-            f"{dl['split']['seed']}): {', '.join(parts)} -> {path}\nclasses: {dl['labels']}")
+    text = (
+        f"{dl['name']} at '{dl['dataset_dir']}' ({dl['layout']} layout; seeded split by case, seed "
+        f"{dl['split']['seed']}): {', '.join(parts)} -> {path}\nclasses: {dl['labels']}"
+    )
     return text + "".join(f"\nnote: {n}" for n in dl["notes"])
 
 
@@ -239,8 +278,10 @@ def list_volumes(folder: str, missing_ok: bool = False) -> list[dict]:
         raise FileNotFoundError(f"input_dir '{folder}' is not a folder: pass --input_dir <folder of CBCT volumes>")
     found = [p for p in sorted(Path(folder).iterdir()) if volume_stem(p) is not None]
     if not found:
-        raise FileNotFoundError(f"input_dir '{folder}' holds no CBCT volume (.nii.gz, .nii, .nrrd, .nhdr, .mha, "
-                                ".mhd, or a folder of DICOM files)")
+        raise FileNotFoundError(
+            f"input_dir '{folder}' holds no CBCT volume (.nii.gz, .nii, .nrrd, .nhdr, .mha, "
+            ".mhd, or a folder of DICOM files)"
+        )
     return [{"image": str(p)} for p in found]
 
 

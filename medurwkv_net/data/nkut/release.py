@@ -18,6 +18,7 @@ one trailing role word (``_image``, ``_label``, ``_seg``, ``_tooth``, ``-bone``,
 ``Case01.NII.GZ`` pairs with ``case01_tooth.nii.gz``. Hidden files (``._*`` resource forks, ``.DS_Store``)
 and the raw data files beside ``.mhd``/``.nhdr`` headers are not cases.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,22 @@ from medurwkv_net.core.errors import DatasetError
 
 from ..folders import _check_dir, _child, _listing, _locate
 
-__all__ = ["IMAGE_FOLDERS", "LABEL_FOLDERS", "LABEL_MAPS", "VOLUME_EXTENSIONS", "Case", "NkutRelease",
-           "case_key", "describe", "find_volumes", "fingerprint", "is_dicom_series", "read_release",
-           "strip_volume_extension", "volume_stem"]
+__all__ = [
+    "IMAGE_FOLDERS",
+    "LABEL_FOLDERS",
+    "LABEL_MAPS",
+    "VOLUME_EXTENSIONS",
+    "Case",
+    "NkutRelease",
+    "case_key",
+    "describe",
+    "find_volumes",
+    "fingerprint",
+    "is_dicom_series",
+    "read_release",
+    "strip_volume_extension",
+    "volume_stem",
+]
 
 #: file endings of the volume formats MONAI's LoadImage reads (NIfTI: nibabel; NRRD: pynrrd or itk; MHA/MHD: itk)
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -116,8 +130,10 @@ def find_volumes(folder: Path, what: str) -> dict[str, Path]:
             continue
         key = case_key(stem)
         if key in out:
-            raise DatasetError(f"nkut: {what} '{out[key]}' and '{p}' belong to the same case '{key}'; keep one "
-                               "file per case in that folder")
+            raise DatasetError(
+                f"nkut: {what} '{out[key]}' and '{p}' belong to the same case '{key}'; keep one "
+                "file per case in that folder"
+            )
         out[key] = p
     return out
 
@@ -153,13 +169,15 @@ def _label_layout(label_dir: Path) -> tuple[str, dict[str, Path]]:
             raise DatasetError(
                 f"nkut: '{label_dir}' has the label-map folder(s) {sorted(present)} but not {missing}: the "
                 "4-class label map is built from tooth/ and bone/ (binary/ is optional); restore the missing "
-                f"folder from the release, or put one label map per case directly in '{label_dir}'")
+                f"folder from the release, or put one label map per case directly in '{label_dir}'"
+            )
         return "maps", {m: _undouble(p) for m, p in present.items()}
     if any(volume_stem(p) for p in label_dir.iterdir()):
         return "single", {"label": label_dir}
     raise DatasetError(
         f"nkut: '{label_dir}' holds neither the label-map folders tooth/ and bone/ (and optionally binary/) nor "
-        f"label volumes ({_EXT_TEXT}); it contains {_listing(label_dir)}")
+        f"label volumes ({_EXT_TEXT}); it contains {_listing(label_dir)}"
+    )
 
 
 def _pair(images: dict[str, Path], labels: dict[str, Path], image_dir: Path, label_dir: Path) -> None:
@@ -171,12 +189,14 @@ def _pair(images: dict[str, Path], labels: dict[str, Path], image_dir: Path, lab
             f"nkut: {len(no_label)} image(s) have no label map in '{label_dir}': '{first}' needs "
             f"'{label_dir / (volume_stem(first) or first.name)}.<{_EXT_TEXT}>'"
             + (f" (others: {others})" if len(no_label) > 1 else "")
-            + "; restore the label maps from the release, or remove those images")
+            + "; restore the label maps from the release, or remove those images"
+        )
     no_image = sorted(set(labels) - set(images))
     if no_image:
         raise DatasetError(
             f"nkut: {len(no_image)} label map(s) in '{label_dir}' have no image in '{image_dir}', e.g. "
-            f"'{labels[no_image[0]]}'; restore the image volume from the release, or remove the label map")
+            f"'{labels[no_image[0]]}'; restore the image volume from the release, or remove the label map"
+        )
 
 
 def read_release(dataset_dir, image_dir: str | None = None, label_dir: str | None = None) -> NkutRelease:
@@ -195,19 +215,27 @@ def read_release(dataset_dir, image_dir: str | None = None, label_dir: str | Non
     labels_names = (label_dir,) if label_dir else LABEL_FOLDERS
     try:
         top = _check_dir(dataset_dir)
-        root = _locate(top, "nkut", lambda p: _is_root(p, images_names, labels_names),
-                       f"the folders '{images_names[0]}/' (CBCT volumes: {_EXT_TEXT} or DICOM series folders) and "
-                       f"'{labels_names[0]}/' (tooth/ + bone/ [+ binary/] label-map folders, or one label map per "
-                       "case)", inner_names=images_names + labels_names, max_depth=3,
-                       hint="other folder names: --image_subdir X --label_subdir Y (bundle configs), "
-                            "--image_dir X --mask_dir Y (prepare-data)")
+        root = _locate(
+            top,
+            "nkut",
+            lambda p: _is_root(p, images_names, labels_names),
+            f"the folders '{images_names[0]}/' (CBCT volumes: {_EXT_TEXT} or DICOM series folders) and "
+            f"'{labels_names[0]}/' (tooth/ + bone/ [+ binary/] label-map folders, or one label map per "
+            "case)",
+            inner_names=images_names + labels_names,
+            max_depth=3,
+            hint="other folder names: --image_subdir X --label_subdir Y (bundle configs), "
+            "--image_dir X --mask_dir Y (prepare-data)",
+        )
     except (ValueError, OSError) as e:
         raise DatasetError(str(e)) from None
     img_dir, lab_dir = _sub(root, images_names), _sub(root, labels_names)
     images = find_volumes(img_dir, "image")
     if not images:
-        raise DatasetError(f"nkut: no image volume ({_EXT_TEXT}, or a DICOM series folder) in '{img_dir}'; it "
-                           f"contains {_listing(img_dir)}")
+        raise DatasetError(
+            f"nkut: no image volume ({_EXT_TEXT}, or a DICOM series folder) in '{img_dir}'; it "
+            f"contains {_listing(img_dir)}"
+        )
     layout, folders = _label_layout(lab_dir)
     release = NkutRelease(root, img_dir, lab_dir, layout, [])
     found = {}
@@ -220,8 +248,14 @@ def read_release(dataset_dir, image_dir: str | None = None, label_dir: str | Non
     for d in (root, img_dir, lab_dir, *folders.values()):
         if d.parent.name.lower() == d.name.lower():
             release.notes.append(f"doubled folder read: '{d}'")
-    renamed = sorted({p.name for c in release.cases for p in c.labels.values()
-                      if volume_stem(p) and volume_stem(p).lower() != case_key(volume_stem(p))})
+    renamed = sorted(
+        {
+            p.name
+            for c in release.cases
+            for p in c.labels.values()
+            if volume_stem(p) and volume_stem(p).lower() != case_key(volume_stem(p))
+        }
+    )
     if renamed:
         release.notes.append(f"label maps matched without their role suffix, e.g. '{renamed[0]}'")
     return release
