@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import torch
 import torch.nn as nn
 
+if TYPE_CHECKING:
+    from medurwkv_net.networks.blocks import SpatialMix
+
 __all__ = ["script_model"]
 
 
-def _spatial_mixes(net: nn.Module) -> List[nn.Module]:
+def _spatial_mixes(net: nn.Module) -> List[SpatialMix]:
     from medurwkv_net.networks.blocks import SpatialMix
 
     return [m for m in net.modules() if isinstance(m, SpatialMix)]

@@ -184,6 +184,7 @@ def export_onnx(
             )
     finally:
         net.train(was_training)
+    assert program is not None  # dynamo=True always returns the ONNXProgram
     _check_dynamic(program.exported_program, x)
     _tidy(program.model, x.dim())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,8 +84,8 @@ class EncoderFreezeHandler:
             return
         freeze = engine.state.epoch <= self.freeze_epochs
         if freeze != self.frozen:
-            net = _unwrap(self.network)
-            net.freeze_encoder() if freeze else net.unfreeze_encoder()
+            # __init__ checked that the network has both methods
+            getattr(_unwrap(self.network), "freeze_encoder" if freeze else "unfreeze_encoder")()
             self.frozen = freeze
             logger.info(f"epoch {engine.state.epoch}: encoder {'frozen' if freeze else 'trainable'}")
 
@@ -250,18 +251,20 @@ class OverlayWriter:
         """Spread the shown cases over the whole dataset (every ``stride``-th case)."""
         self.cases.clear()
         self._seen = 0
+        loader: Any = engine.state.dataloader  # a DataLoader, or any iterable (no .dataset: AttributeError)
         try:
-            total = len(engine.state.dataloader.dataset)
+            total = len(loader.dataset)
         except (AttributeError, TypeError):
             total = engine.state.epoch_length or self.num_cases
         self._stride = max(1, total // self.num_cases)
 
     def _collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        output: Any = engine.state.output  # ignite annotates State.output as Optional[int]
+        for item in output:
             index, self._seen = self._seen, self._seen + 1
             if len(self.cases) >= self.num_cases or index % self._stride:
                 continue
-            masks = []
+            masks: list[np.ndarray | None] = []
             for key in ("label", "pred"):
                 m = item.get(key)
                 if m is None:
@@ -349,7 +352,7 @@ class SubsetMetricReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _collect(self, engine: Engine) -> None:
-        batch = engine.state.batch
+        batch: Any = engine.state.batch  # ignite annotates State.batch as Optional[int]
         items = batch if isinstance(batch, (list, tuple)) else [batch]
         for item in items:
             if self.subset_key not in item:
@@ -397,7 +400,8 @@ class ProgressBar:
         self.output_transform = output_transform
 
     def attach(self, engine: Engine) -> None:
-        if self.output_transform is None:
+        transform = self.output_transform
+        if transform is None:
             self.bar.attach(engine)
         else:
-            self.bar.attach(engine, output_transform=lambda out: {"loss": float(self.output_transform(out))})
+            self.bar.attach(engine, output_transform=lambda out: {"loss": float(transform(out))})

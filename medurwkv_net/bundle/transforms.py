@@ -198,7 +198,8 @@ def _intensity_chain(intensity: str, in_channels: int):
     std = IMAGENET_STD if in_channels == 3 else (float(np.mean(IMAGENET_STD)),)
     return [
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
-        NormalizeIntensityd(keys="image", subtrahend=mean, divisor=std, channel_wise=True),
+        # NormalizeIntensity takes per-channel sequences; NormalizeIntensityd's annotation lists only arrays
+        NormalizeIntensityd(keys="image", subtrahend=mean, divisor=std, channel_wise=True),  # type: ignore[arg-type]
     ]
 
 

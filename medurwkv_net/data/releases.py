@@ -223,6 +223,7 @@ def read_tdd(dataset_dir, image_dir: str | None = None, mask_dir: str | None = N
     """Tufts Dental Database as its archives unpack: ``Radiographs/N.JPG`` + ``Segmentation/teeth_mask/N.jpg``
     (``Segmentation/maxillomandibular/``, ``Expert/``, ``Student/`` are ignored), or ``images/`` + ``masks/``;
     ``image_dir``/``mask_dir`` name other sub-folders. Empty masks (edentulous cases) are valid."""
+    layouts: Sequence[tuple[str, str]]
     if image_dir is None and mask_dir is None:
         layouts = TDD_LAYOUTS
     else:

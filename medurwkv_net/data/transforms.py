@@ -15,7 +15,7 @@ behind them (used by training, evaluation, inference, ``prepare-data`` and ``ver
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -168,12 +168,14 @@ class LoadMask(Transform):
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
 
     def __call__(self, filename) -> MetaTensor:
-        files = (
+        files: list[Any] = (
             [filename] if isinstance(filename, (str, bytes)) or not isinstance(filename, Sequence) else list(filename)
         )
         if not files:
             raise ValueError("LoadMask: empty list of mask files")
-        out, ref, first = None, None, None
+        out: torch.Tensor | None = None
+        ref: Any = None
+        first: tuple[Any, tuple[int, ...]] = (None, ())  # the first file and its spatial shape
         for f in files:
             img = self.loader(f)
             fg = mask_foreground(img, self.threshold, source=str(f))
@@ -186,6 +188,7 @@ class LoadMask(Transform):
                 )
             else:
                 out = out | fg
+        assert out is not None  # files is not empty
         return MetaTensor(out.to(torch.uint8), meta=dict(ref.meta))  # meta holds the affine
 
 

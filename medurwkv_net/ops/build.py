@@ -298,8 +298,9 @@ def _write_marker(lib: Path) -> None:
 def _import_library(name: str, lib: Path) -> ModuleType:
     loader = importlib.machinery.ExtensionFileLoader(name, str(lib))
     spec = importlib.util.spec_from_file_location(name, lib, loader=loader)
+    assert spec is not None  # a spec is always made when the loader is given
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    loader.exec_module(module)
     return module
 
 
@@ -374,7 +375,9 @@ def _build(cuda: bool, verbose: bool) -> ModuleType:
             build_directory=str(build_dir),
             verbose=verbose,
             with_cuda=cuda,
-            **flags,
+            extra_cflags=flags["extra_cflags"],
+            extra_cuda_cflags=flags["extra_cuda_cflags"],
+            extra_ldflags=flags["extra_ldflags"],
         )
         _write_marker(_library(build_dir, name))
         return module

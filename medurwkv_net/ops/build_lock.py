@@ -92,9 +92,10 @@ class BuildLock:
         self.what = what
         self._fd: Optional[int] = None
 
-    def _try(self) -> bool:
+    @staticmethod
+    def _try(fd: int) -> bool:
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False
         return True
@@ -103,8 +104,8 @@ class BuildLock:
         if fcntl is None:  # pragma: no cover - Windows
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        if not self._try():
+        fd = self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not self._try(fd):
             print(
                 f"medurwkv_net: {_describe_owner(self.path)} is building {self.what} in {self.folder}; "
                 f"waiting up to {self.timeout:.0f} s for it ({ENV_TIMEOUT} sets the limit).",
@@ -112,18 +113,18 @@ class BuildLock:
                 flush=True,
             )
             deadline = time.monotonic() + self.timeout
-            while not self._try():
+            while not self._try(fd):
                 if time.monotonic() >= deadline:
                     owner = _describe_owner(self.path)
-                    os.close(self._fd)
+                    os.close(fd)
                     self._fd = None
                     raise BuildLockTimeout(
                         f"{owner} still holds the build folder {self.folder} after {self.timeout:.0f} s"
                     )
                 time.sleep(_POLL_S)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(record).encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
         return self
 
     def __exit__(self, *exc) -> None:

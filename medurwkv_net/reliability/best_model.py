@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from ignite.engine import Engine
@@ -25,6 +25,9 @@ from monai.handlers import CheckpointSaver
 
 from .atomic import TMP_SUFFIX, AtomicDiskSaver
 from medurwkv_net.core.weights import file_sha256
+
+if TYPE_CHECKING:
+    from ignite.handlers import Checkpoint
 
 __all__ = ["BestModelSaver", "non_finite_parameters"]
 
@@ -79,12 +82,19 @@ class BestModelSaver(CheckpointSaver):
         self.path = Path(save_dir) / key_metric_filename
         self.key_metric_name = key_metric_name
         self.negative_sign = key_metric_negative_sign
-        self._key_metric_checkpoint.save_handler = AtomicDiskSaver(
+        self._best_checkpoint.save_handler = AtomicDiskSaver(
             save_dir, create_dir=True, filename=key_metric_filename, before_replace=before_replace
         )
         self.best_metric: float | None = None
         self.best_epoch: int = -1
         self.sha256: str | None = None
+
+    @property
+    def _best_checkpoint(self) -> Checkpoint:
+        """ignite's ``Checkpoint`` of the key metric (always made: ``save_key_metric=True``)."""
+        checkpoint = self._key_metric_checkpoint
+        assert checkpoint is not None
+        return checkpoint
 
     def attach(self, engine: Engine) -> None:
         """Attach to the evaluator; remove temporary files of a write that a killed run left unfinished."""
@@ -96,7 +106,7 @@ class BestModelSaver(CheckpointSaver):
     def metrics_completed(self, engine: Engine) -> None:
         """Save the model if the key metric improved (finite metric and finite weights only)."""
         name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
-        value = engine.state.metrics.get(name)
+        value = engine.state.metrics.get(name) if name is not None else None
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, (int, float)) and not math.isfinite(float(value)):
@@ -104,7 +114,7 @@ class BestModelSaver(CheckpointSaver):
                 f"{name} is {value} at epoch {engine.state.epoch}: not a result, '{self.path}' is not updated"
             )
             return
-        checkpoint = self._key_metric_checkpoint
+        checkpoint = self._best_checkpoint
         saved_before = list(checkpoint._saved)
         priority = (-1 if self.negative_sign else 1) * float(value) if value is not None else None
         would_save = priority is not None and (not saved_before or saved_before[0].priority < priority)
@@ -118,6 +128,7 @@ class BestModelSaver(CheckpointSaver):
                 )
         super().metrics_completed(engine)
         if list(checkpoint._saved) != saved_before:
+            assert value is not None  # ignite saves only for a metric value
             self.best_metric = float(value)
             self.best_epoch = int(engine.state.epoch)
             self.sha256 = file_sha256(self.path)
@@ -126,7 +137,7 @@ class BestModelSaver(CheckpointSaver):
     def state_dict(self) -> dict:
         """The record of the best model: ignite's tracking list, best value and epoch, SHA-256 of the file."""
         return {
-            "checkpoint": self._key_metric_checkpoint.state_dict(),
+            "checkpoint": self._best_checkpoint.state_dict(),
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "sha256": self.sha256,
@@ -158,6 +169,6 @@ class BestModelSaver(CheckpointSaver):
                 "was written after that checkpoint (a run stopped between the two writes) or replaced. It is "
                 f"kept; only a model better than {best:.4f} replaces it"
             )
-        self._key_metric_checkpoint.load_state_dict(state_dict["checkpoint"])
+        self._best_checkpoint.load_state_dict(state_dict["checkpoint"])
         self.best_metric, self.best_epoch, self.sha256 = best, epoch, actual
         logger.info(f"best model '{self.path}' (epoch {epoch}, {best:.4f}) kept: only a better one replaces it")

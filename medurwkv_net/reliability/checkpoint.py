@@ -305,7 +305,7 @@ class ResumableCheckpoint:
         self._restore_trainer(engine, ckpt["trainer"], path)
         self._fit_schedules(engine, ckpt["trainer"], path)
         if self.metric_engine is not None and self.progress.best_metric is not None:
-            state = self.metric_engine.state
+            state: Any = self.metric_engine.state  # MONAI's workflows add attributes to ignite's State
             if hasattr(state, "best_metric"):  # MONAI workflows keep the key metric's best here
                 state.best_metric = self.progress.best_metric
                 state.best_metric_epoch = self.progress.best_metric_epoch

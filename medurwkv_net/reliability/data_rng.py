@@ -10,7 +10,7 @@ for every ``Randomizable`` and every ``torch.Generator`` reachable from a data l
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ def capture_data_rng(root: Any) -> list[dict]:
     return [dict(_state_of(obj), path=path) for path, obj in random_components(root)]
 
 
-def restore_data_rng(root: Any, states: list[Mapping], source: str = "the checkpoint") -> bool:
+def restore_data_rng(root: Any, states: Sequence[Mapping], source: str = "the checkpoint") -> bool:
     """Restore states captured by :func:`capture_data_rng` into the pipeline reachable from ``root``.
 
     Args:

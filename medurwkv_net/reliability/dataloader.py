@@ -56,8 +56,9 @@ class TimeoutDataLoader(DataLoader):
                 names.append(f"'{item}'" if isinstance(item, str) else f"index {i}")
         return f"{which} ({', '.join(names)})"
 
-    def __iter__(self) -> Iterator:
-        inner = super().__iter__()
+    # a generator over torch's iterator, not a _BaseDataLoaderIter: callers only iterate it (for, next)
+    def __iter__(self) -> Iterator:  # type: ignore[override]
+        inner: Any = super().__iter__()  # reads private attributes of the multi-process iterator
         workers = list(getattr(inner, "_workers", []))
         in_flight = max(1, self.num_workers * (self.prefetch_factor or 1))
         index = 0

@@ -8,7 +8,7 @@ epoch, the iteration, the learning rate and the likely causes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ def _non_finite_inputs(batch: Any) -> list[str]:
     counts: dict[str, int] = {}
     items = batch if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Mapping) else [batch]
     for item in items:
+        pairs: Iterable[tuple[Any, Any]]
         if isinstance(item, Mapping):
             pairs = item.items()
         else:

@@ -122,6 +122,14 @@ class _CheckedInferer:
     """Shared checks: valid input, eval without autograd, finite weights and output (refused naming the
     checkpoint)."""
 
+    # set by the constructors of the inferers below
+    in_channels: int | None
+    check_output: bool
+    checkpoint: str | None
+
+    def _spatial_dims(self, inputs: torch.Tensor) -> int:
+        raise NotImplementedError  # each inferer below says how many spatial dimensions its input has
+
     def _checked_call(self, call: Any, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         in_ch = self.in_channels
         if in_ch is None and isinstance(network, torch.nn.Module):

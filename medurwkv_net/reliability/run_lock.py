@@ -111,7 +111,7 @@ class RunLock:
                 f"{owner.get('started')}; lock file '{self.path}'). Wait for it to finish or use another folder; "
                 "if no run is active there any more, delete the lock file."
             )
-        if owner and _alive(pid, owner.get("start_time")):
+        if owner and _alive(owner["pid"], owner.get("start_time")):  # _read: a non-empty owner has an int pid
             raise RunLockedError(
                 f"'{self.folder}' is in use by another training run: pid {pid} on this host, started "
                 f"{owner.get('started')} (lock file '{self.path}'). Wait for it to finish or stop it, or give this "

@@ -33,6 +33,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -113,10 +114,10 @@ def _slices(case: str, image, label: np.ndarray, root: Path, settings: dict) -> 
     from monai.transforms import Orientation, ScaleIntensityRangePercentiles
 
     orient = Orientation(axcodes="RAS", labels=_RAS_LABELS)
-    img = orient(image)
+    img = cast(MetaTensor, orient(image))  # Orientation keeps the MetaTensor (its annotation says Tensor)
     lab = orient(MetaTensor(torch.as_tensor(label[None]), affine=image.affine))
     lo, hi = settings["percentiles"]
-    img = ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True)(img.float())
+    img = cast(MetaTensor, ScaleIntensityRangePercentiles(lo, hi, 0.0, 1.0, clip=True)(img.float()))
     affine = np.asarray(img.affine, dtype=np.float64)
     image_arr, label_arr = np.asarray(img[0], dtype=np.float32), np.asarray(lab[0]).astype(np.uint8)
     rng = random.Random(f"{settings['seed']}:{case}")

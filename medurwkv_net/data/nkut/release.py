@@ -230,6 +230,7 @@ def read_release(dataset_dir, image_dir: str | None = None, label_dir: str | Non
     except (ValueError, OSError) as e:
         raise DatasetError(str(e)) from None
     img_dir, lab_dir = _sub(root, images_names), _sub(root, labels_names)
+    assert img_dir is not None and lab_dir is not None  # _locate accepted root because _is_root found both
     images = find_volumes(img_dir, "image")
     if not images:
         raise DatasetError(
@@ -253,7 +254,7 @@ def read_release(dataset_dir, image_dir: str | None = None, label_dir: str | Non
             p.name
             for c in release.cases
             for p in c.labels.values()
-            if volume_stem(p) and volume_stem(p).lower() != case_key(volume_stem(p))
+            if (label_stem := volume_stem(p)) and label_stem.lower() != case_key(label_stem)
         }
     )
     if renamed:
