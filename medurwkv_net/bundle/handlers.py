@@ -77,6 +77,11 @@ class EncoderFreezeHandler:
         self.frozen: bool | None = None
 
     def attach(self, engine: Engine) -> None:
+        """Run at the start of every epoch of ``engine`` (the trainer).
+
+        Args:
+            engine: the trainer.
+        """
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -106,6 +111,11 @@ class ClassMetricReport:
         self._warned: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
+        """Report at the end of every run of ``engine``.
+
+        Args:
+            engine: the evaluator holding the metric.
+        """
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -171,6 +181,11 @@ class CurvePlotter:
         self._trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
+        """Record the trainer's metrics after each epoch, and the evaluator's after each validation.
+
+        Args:
+            engine: the trainer.
+        """
         self._trainer = engine
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_train_epoch)
         if self.evaluator is not None:
@@ -195,6 +210,7 @@ class CurvePlotter:
         self.write()
 
     def write(self) -> None:
+        """Write the curves recorded so far: the PNG and its numbers (JSON beside it)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -232,6 +248,11 @@ class OverlayWriter:
 
     Reads ``image``, ``label`` and ``pred`` from the evaluator's decollated output (after
     postprocessing; one-hot masks are turned back into indices).
+
+    Args:
+        output_file: PNG path.
+        num_cases: rows of the grid (cases spread evenly over the data).
+        class_names: names of the classes (the colour map has at least as many colours).
     """
 
     def __init__(self, output_file: str, num_cases: int = 4, class_names: Sequence[str] | None = None):
@@ -243,6 +264,11 @@ class OverlayWriter:
         self.cases: list[tuple] = []
 
     def attach(self, engine: Engine) -> None:
+        """Pick the cases during each run of ``engine`` and write the grid at its end.
+
+        Args:
+            engine: the evaluator.
+        """
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
@@ -282,6 +308,11 @@ class OverlayWriter:
             self.cases.append((image.numpy(), masks[0], masks[1], source))
 
     def write(self, engine: Engine | None = None) -> None:
+        """Write the grid of the cases picked in this run (nothing when no case was picked).
+
+        Args:
+            engine: the evaluator (unused; ignite passes it).
+        """
         if not self.cases:
             return
         import matplotlib
@@ -347,6 +378,11 @@ class SubsetMetricReport:
         self.subsets: list[str] = []
 
     def attach(self, engine: Engine) -> None:
+        """Collect the cases' subsets during each run of ``engine`` and report at its end.
+
+        Args:
+            engine: the evaluator holding the metrics.
+        """
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.subsets.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -391,7 +427,13 @@ class SubsetMetricReport:
 
 
 class ProgressBar:
-    """ignite's tqdm progress bar, attachable from a config (shows the running loss)."""
+    """ignite's tqdm progress bar, attachable from a config (shows the running loss).
+
+    Args:
+        output_transform: turns the engine's output into the loss shown (``None``: no loss shown).
+        persist: keep the bar on screen when the epoch ends.
+        desc: text before the bar.
+    """
 
     def __init__(self, output_transform: Callable | None = None, persist: bool = False, desc: str | None = None):
         from ignite.handlers import ProgressBar as _Bar
@@ -400,6 +442,11 @@ class ProgressBar:
         self.output_transform = output_transform
 
     def attach(self, engine: Engine) -> None:
+        """Show the bar for ``engine``, with the running loss when ``output_transform`` is set.
+
+        Args:
+            engine: the trainer or evaluator.
+        """
         transform = self.output_transform
         if transform is None:
             self.bar.attach(engine)

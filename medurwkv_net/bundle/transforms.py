@@ -118,6 +118,16 @@ class SaveMaskd(SaveImaged):
     default ``255 // (num_classes - 1)`` so binary masks are 0/255). The mask must already have the
     input's size (``postprocessing`` restores it). Subclassing ``SaveImaged`` lets MONAI Label's
     bundle infer task drop this writer as it drops every ``SaveImaged``.
+
+    Args:
+        keys: the mask keys.
+        output_dir: folder the masks are written to.
+        num_classes: classes of the mask (background included), for the default ``png_scale``.
+        ref_key: key of the input image, whose metadata names the file when the mask has none.
+        output_postfix: appended to the input file's name.
+        png_scale: PNG grey value per class index (``None``: ``255 // (num_classes - 1)``).
+        print_log: log each file written.
+        allow_missing_keys: skip keys missing from the data instead of raising.
     """
 
     def __init__(

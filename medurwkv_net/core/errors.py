@@ -31,7 +31,12 @@ class CheckpointError(ReliabilityError):
 
 
 class DataVerificationError(ReliabilityError, ValueError):
-    """A dataset failed verification; ``.report`` holds the per-case results."""
+    """A dataset failed verification; ``.report`` holds the per-case results.
+
+    Args:
+        message: the summary of the failed cases.
+        report: the verification report.
+    """
 
     def __init__(self, message: str, report=None):
         super().__init__(message)
@@ -43,7 +48,12 @@ class DatasetError(ReliabilityError, ValueError):
 
 
 class AtomicWriteError(ReliabilityError, OSError):
-    """A file could not be written (full disk, size limit, I/O error); the previous file is unchanged."""
+    """A file could not be written (full disk, size limit, I/O error); the previous file is unchanged.
+
+    Args:
+        message: the file and the cause.
+        errno_code: the ``errno`` of the underlying ``OSError``, if any (kept as ``.errno``).
+    """
 
     def __init__(self, message: str, errno_code: int | None = None):
         super().__init__(message)

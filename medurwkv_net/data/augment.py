@@ -187,6 +187,11 @@ class RandColorJitterd(_RandDictTransform):
         self.order: list[str] = []
 
     def randomize(self, data=None) -> None:
+        """Draw whether to apply, the factors and their order.
+
+        Args:
+            data: unused (MONAI's ``randomize`` signature).
+        """
         super().randomize(None)
         if not self._do_transform:
             return
@@ -244,6 +249,11 @@ class RandHEStainJitterd(_RandDictTransform):
         self.beta = np.zeros(3)
 
     def randomize(self, data=None) -> None:
+        """Draw whether to apply, and the stain scales and shifts.
+
+        Args:
+            data: unused (MONAI's ``randomize`` signature).
+        """
         super().randomize(None)
         if self._do_transform:
             self.alpha = self.R.uniform(*self.alpha_range, size=3)
@@ -280,6 +290,11 @@ class RandJPEGd(_RandDictTransform):
         self.quality = self.quality_range[1]
 
     def randomize(self, data=None) -> None:
+        """Draw whether to apply, and the JPEG quality.
+
+        Args:
+            data: unused (MONAI's ``randomize`` signature).
+        """
         super().randomize(None)
         if self._do_transform:
             self.quality = int(self.R.randint(self.quality_range[0], self.quality_range[1] + 1))
@@ -338,6 +353,11 @@ class RandSpeckleNoised(_RandDictTransform):
         self.std = 0.0
 
     def randomize(self, data=None) -> None:
+        """Draw whether to apply, and the noise's standard deviation.
+
+        Args:
+            data: unused (MONAI's ``randomize`` signature).
+        """
         super().randomize(None)
         if self._do_transform:
             self.std = float(self.R.uniform(*self.std_range))

@@ -161,7 +161,12 @@ def _to_eight_bit(img, mode: str | None, where: str):
 class LoadMask(Transform):
     """Load one mask file or a list of mask files (to be united) as a ``[1, *spatial]`` uint8 MetaTensor
     holding 0/1 (:func:`mask_foreground` per file), with the metadata of the first file (so its original
-    size is known)."""
+    size is known).
+
+    Args:
+        threshold: foreground is ``value > threshold`` (``None``: :func:`mask_threshold`).
+        reader: MONAI image reader (``None``: chosen by the file's extension).
+    """
 
     def __init__(self, threshold: float | None = None, reader=None) -> None:
         self.threshold = threshold
@@ -193,7 +198,14 @@ class LoadMask(Transform):
 
 
 class LoadMaskd(MapTransform):
-    """Dictionary version of :class:`LoadMask` (the value of each key is a path or a list of paths)."""
+    """Dictionary version of :class:`LoadMask` (the value of each key is a path or a list of paths).
+
+    Args:
+        keys: the mask keys.
+        threshold: foreground is ``value > threshold`` (``None``: :func:`mask_threshold`).
+        reader: MONAI image reader (``None``: chosen by the file's extension).
+        allow_missing_keys: skip keys missing from the data instead of raising.
+    """
 
     def __init__(
         self, keys: KeysCollection, threshold: float | None = None, reader=None, allow_missing_keys: bool = False
@@ -213,7 +225,12 @@ class LoadMaskd(MapTransform):
 
 class EnsureChannels(Transform):
     """Channel-first image -> ``channels`` channels with :func:`image_to_channels` (alpha dropped, grey
-    repeated, RGB averaged; ``eight_bit``: 16-bit images scaled to the 8-bit range, deeper ones refused)."""
+    repeated, RGB averaged; ``eight_bit``: 16-bit images scaled to the 8-bit range, deeper ones refused).
+
+    Args:
+        channels: channels of the output.
+        eight_bit: scale 16-bit images to the 8-bit range (deeper ones are refused).
+    """
 
     def __init__(self, channels: int, eight_bit: bool = False) -> None:
         if not isinstance(channels, int) or channels < 1:
@@ -226,7 +243,14 @@ class EnsureChannels(Transform):
 
 
 class EnsureChannelsd(MapTransform):
-    """Dictionary version of :class:`EnsureChannels`."""
+    """Dictionary version of :class:`EnsureChannels`.
+
+    Args:
+        keys: the image keys.
+        channels: channels of the output.
+        eight_bit: scale 16-bit images to the 8-bit range (deeper ones are refused).
+        allow_missing_keys: skip keys missing from the data instead of raising.
+    """
 
     def __init__(
         self, keys: KeysCollection, channels: int, eight_bit: bool = False, allow_missing_keys: bool = False

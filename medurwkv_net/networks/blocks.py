@@ -162,6 +162,14 @@ class PatchEmbed(nn.Module):
         self.projection = conv(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+        """Embed an image into tokens.
+
+        Args:
+            x: ``[B, C, *spatial]``.
+
+        Returns:
+            the tokens ``[B, N, embed_dims]`` and their grid (spatial size / ``patch_size``, rounded up).
+        """
         p = self.patch_size
         pads: List[int] = []
         for i in range(x.dim() - 1, 1, -1):  # last spatial axis first, as F.pad expects
@@ -233,6 +241,15 @@ class SpatialMix(nn.Module):
         self.spatial_mix_r.copy_((0.5 * ramp).view(1, 1, c))
 
     def forward(self, x: torch.Tensor, grid: List[int]) -> torch.Tensor:
+        """Mix the tokens over the grid.
+
+        Args:
+            x: tokens ``[B, N, C]``.
+            grid: their token grid (its product is N).
+
+        Returns:
+            tokens ``[B, N, C]``.
+        """
         t = x.shape[1]
         xx = q_shift(x, grid, self.shift_pixel)
         dx = x - xx  # x * mu + xx * (1 - mu) == xx + (x - xx) * mu
@@ -296,6 +313,15 @@ class ChannelMix(nn.Module):
             self.spatial_mix_r.copy_(ramp)
 
     def forward(self, x: torch.Tensor, grid: List[int]) -> torch.Tensor:
+        """Mix the channels of each token (with its shifted neighbours).
+
+        Args:
+            x: tokens ``[B, N, C]``.
+            grid: their token grid (its product is N).
+
+        Returns:
+            tokens ``[B, N, C]``.
+        """
         xx = q_shift(x, grid, self.shift_pixel)
         dx = x - xx
         xk = torch.addcmul(xx, dx, self.spatial_mix_k)
@@ -357,6 +383,15 @@ class VRWKVBlock(nn.Module):
             self.gamma2 = nn.Parameter(float(init_values) * torch.ones(embed_dims))  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, grid: List[int]) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: tokens ``[B, N, C]``.
+            grid: their token grid (its product is N).
+
+        Returns:
+            tokens ``[B, N, C]``.
+        """
         if self.use_ln0:
             x = self.ln0(x)
         if self.post_norm:
@@ -395,6 +430,15 @@ class PatchExpand(nn.Module):
         self.norm = nn.LayerNorm(out_dims)
 
     def forward(self, x: torch.Tensor, grid: List[int]) -> Tuple[torch.Tensor, List[int]]:
+        """Upsample the tokens.
+
+        Args:
+            x: tokens ``[B, N, in_dims]``.
+            grid: their token grid (its product is N).
+
+        Returns:
+            the tokens ``[B, N * scale^nd, out_dims]`` and their grid (``grid`` times ``scale``).
+        """
         b = x.shape[0]
         s = self.scale
         nd = len(grid)
@@ -426,6 +470,15 @@ class PatchMerge(nn.Module):
         self.reduction = nn.Linear(n * in_dims, out_dims, bias=False)
 
     def forward(self, x: torch.Tensor, grid: List[int]) -> Tuple[torch.Tensor, List[int]]:
+        """Downsample the tokens.
+
+        Args:
+            x: tokens ``[B, N, in_dims]``.
+            grid: their token grid (its product is N; even sizes).
+
+        Returns:
+            the tokens ``[B, N / 2^nd, out_dims]`` and their grid (``grid`` halved).
+        """
         b, _, c = x.shape
         nd = len(grid)
         for g in grid:

@@ -68,7 +68,12 @@ REBUILD_HINT = "python -m medurwkv_net build-ext --clean"
 
 
 class KernelBuildError(RuntimeError):
-    """A Bi-WKV extension could not be built or imported; ``build_dir`` names its folder (or None)."""
+    """A Bi-WKV extension could not be built or imported; ``build_dir`` names its folder (or None).
+
+    Args:
+        message: what failed and what to do.
+        build_dir: the extension's build folder, if known.
+    """
 
     def __init__(self, message: str, build_dir: Optional[Path] = None) -> None:
         super().__init__(message)

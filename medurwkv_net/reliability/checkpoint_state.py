@@ -78,7 +78,12 @@ def restore_rng_state(state: Mapping) -> None:
 
 # ---------------------------------------------------------------------------------- progress tracker
 class TrainingProgress:
-    """Stateful record of the best metric, the per-epoch metric history and the RNG states."""
+    """Stateful record of the best metric, the per-epoch metric history and the RNG states.
+
+    Args:
+        metric_name: the metric whose best value is kept (``None``: no best metric).
+        mode: ``"max"`` or ``"min"``: which values of the metric are better.
+    """
 
     def __init__(self, metric_name: str | None = None, mode: str = "max"):
         if mode not in ("max", "min"):

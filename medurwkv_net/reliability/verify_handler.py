@@ -27,6 +27,16 @@ class VerifyDataHandler:
 
     Raises :class:`DataVerificationError` (message: the per-case summary) before the first iteration.
     Verification runs once per handler (a resumed ``run`` does not repeat it) unless ``every_run``.
+
+    Args:
+        datalist: the cases (a list, a ``{"train": [...], ...}`` mapping, a MONAI ``Dataset``, or a callable
+            returning one of these).
+        num_classes: allowed label values are ``range(num_classes)``.
+        enabled: ``False`` skips the check.
+        image_key: key of the image of each case.
+        label_key: key of the label of each case.
+        every_run: verify again at every ``Events.STARTED`` (default: once).
+        kwargs: passed to :func:`verify_datalist`.
     """
 
     def __init__(
