@@ -17,19 +17,22 @@ and how they differ from the training augmentations (``train#random_transforms``
   field spans 0.8..1.2; BrainWeb's strongest "RF non-uniformity" level, about what an uncorrected
   1.5 T head scan shows). Built from random low-frequency 3D cosines (wavelengths of one to two
   fields of view). Training uses MONAI's ``RandBiasFieldd``: the exponential of a degree-3 Legendre
-  polynomial in the 2D slice with coefficients in [-0.12, 0.12] (another family of fields, sampled
-  per slice, never scaled to a fixed peak to peak).
+  polynomial in the 2D slice with coefficients in [-0.1, 0.1], at probability 0.1 (another family of
+  fields, sampled per slice, never scaled to a fixed peak to peak).
 * ``rician3`` / ``rician5``: Rician (magnitude) noise with sigma 3 % / 5 % of the volume's maximum,
   as in magnitude MR images. Training adds Gaussian noise (``RandGaussianNoised``, zero mean, std drawn
-  in [0, 0.06] of the 0..1 range, before the final rescale), which is signed and leaves the background
-  at zero mean; Rician noise lifts the background (a Rayleigh floor) and is signal dependent.
+  in [0, 0.04] of the 0..1 range, probability 0.1), which is signed and leaves the background at zero
+  mean; Rician noise lifts the background (a Rayleigh floor) and is signal dependent.
 * ``2mm``: 2 mm isotropic acquisition: every 2x2x2 block of 1 mm voxels averaged (the signal a
   2 mm voxel measures), then resampled back to the 1 mm grid with trilinear interpolation. Training
   simulates low resolution in the 2D slice only (``RandSimulateLowResolutiond``: nearest-neighbour
-  down-sampling by a zoom in [0.33, 1], bilinear up-sampling), never by 3D block averaging.
+  down-sampling by a zoom in [0.5, 1], bilinear up-sampling, probability 0.1), never by 3D block
+  averaging.
 * ``bias+rician3``: ``bias`` then ``rician3``.
 
-Degradations are seeded (``--seed``), the same for every network.
+Evaluation reads the degraded slices through the bundle's own chain (``validate#preprocessing``: in the demo,
+rescaling and ``train#normalize_transforms``), as inference would. Degradations are seeded (``--seed``), the
+same for every network. The result files also list the training chains (:func:`recipe`).
 """
 from __future__ import annotations
 
@@ -114,6 +117,14 @@ def write_degraded(dataset_dir: Path, out_dir: Path, name: str, seed: int) -> Pa
     return out_dir
 
 
+def recipe(bundle: Path = BUNDLE) -> dict[str, list[str]]:
+    """The bundle's training chains as ``Transform (p=probability)`` strings, for the result files."""
+    train = json.loads((bundle / "configs" / "train.json").read_text())["train"]
+    chains = ("random_transforms", "normalize_transforms")
+    return {c: [t["_target_"].rsplit(".", 1)[-1] + (f" (p={t['prob']})" if "prob" in t else "")
+                for t in train.get(c, [])] for c in chains if c in train}
+
+
 def write_table(stem: Path, info: dict) -> str:
     """Write ``<stem>.json`` and ``<stem>.md``; return the table."""
     stem.with_suffix(".json").write_text(json.dumps(info, indent=1))
@@ -133,6 +144,8 @@ def write_table(stem: Path, info: dict) -> str:
                          f" / {m['test_mean_dice_white_matter']:.3f})")
         lines.append(f"| {r['network']} | {r['epochs']} | {r['wall_s']} | " + " | ".join(cells) + " |")
     lines += ["", "Degradations: " + "; ".join(f"`{k}` {v[0]}" for k, v in DEGRADATIONS.items()) + "."]
+    lines += ["", "Training recipe (the bundle's train.json): " + "; ".join(
+        f"`{chain}`: " + ", ".join(info["recipe"][chain]) for chain in info["recipe"]) + "."]
     table = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(table)
     return table
@@ -160,7 +173,7 @@ def main() -> None:
     info = {"bundle": BUNDLE.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "machine": platform.platform(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "seed": args.seed,
-            "degradations": {k: v[0] for k, v in DEGRADATIONS.items()}, "results": []}
+            "degradations": {k: v[0] for k, v in DEGRADATIONS.items()}, "recipe": recipe(), "results": []}
     for name in args.networks:
         row = train_one(name, NETWORKS[name], args.budget_s, str(dataset_dir), work, args.max_epochs, {})
         base = {"bundle_root": str(BUNDLE), "ckpt_dir": str(work / name / "models")}

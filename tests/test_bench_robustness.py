@@ -79,3 +79,16 @@ def test_degraded_copy_replaces_only_the_test_images(bench, tmp_path):
         assert (out / item["label"]).read_bytes() == (data / item["label"]).read_bytes()
     item = datalist["training"][0]
     assert (out / item["image"]).read_bytes() == (data / item["image"]).read_bytes()
+
+
+def test_result_files_name_the_training_recipe(bench, tmp_path):
+    recipe = bench.recipe()
+    assert recipe["normalize_transforms"] == ["DivideByLocalMeand", "ScaleIntensityRanged"]
+    assert "RandBiasFieldd (p=0.1)" in recipe["random_transforms"]
+    clean = {"test_mean_dice": 0.5, "test_mean_dice_grey_matter": 0.4, "test_mean_dice_white_matter": 0.6}
+    info = {"bundle": "demo", "device": "cpu", "torch": "x", "threads": 2, "load_average_at_end": (1.0, 1.0, 1.0),
+            "recipe": recipe, "results": [{"network": "N", "epochs": 1, "wall_s": 1.0, "scores": {"clean": clean}}]}
+    table = bench.write_table(tmp_path / "r", info)
+    assert "`normalize_transforms`: DivideByLocalMeand, ScaleIntensityRanged" in table
+    assert "**0.500** (0.400 / 0.600)" in table
+    assert json.loads((tmp_path / "r.json").read_text())["recipe"] == recipe

@@ -462,10 +462,19 @@ def _inference_cfg(template: Path, name: str, d: dict) -> dict:
     return cfg
 
 
+PHOTO_CHANGELOG = {
+    "0.3.0": "the imaging domain's augmentations (colour, stain, blur, JPEG, speckle, scale: see the card) declared "
+    "in train#random_transforms, every probability and range a config id; ImageNet normalisation in "
+    "train#normalize_transforms, after them and in validation",
+}
+
+
 def _metadata(template: Path, name: str, d: dict) -> dict:
     m = _load(template, "metadata.json")
+    # the template's notes of the versions after the first, with the photo bundles' own where they differ
+    notes = {v: PHOTO_CHANGELOG.get(v, note) for v, note in m["changelog"].items() if v != "0.1.0"}
     m["changelog"] = {
-        m["version"]: next(iter(m["changelog"].values())),  # the template's note of this version
+        **notes,
         "0.1.0": f"first release: Med-URWKV (VRWKV-T encoder, ImageNet-pretrained) for {d['short']}",
     }
     m["required_packages_version"] = {k: v for k, v in m["required_packages_version"].items() if k != "nilearn"}

@@ -1,6 +1,8 @@
 """Readers of the public dataset releases, datalist building, the transforms that turn the releases'
 masks into labels (:class:`LoadMaskd`) and images into the network's channels, and the photo
-augmentations MONAI lacks (:mod:`medurwkv_net.data.augment`: colour, H&E stain, JPEG, speckle).
+augmentations MONAI lacks (:mod:`medurwkv_net.data.augment`: colour, H&E stain, JPEG, speckle), and the MR
+intensity normalisation against a smooth bias field (:class:`DivideByLocalMeand` in
+:mod:`medurwkv_net.data.intensity`).
 
 Command: ``medurwkv-net prepare-data DATASET DATASET_DIR [--output datalist.json] [--seed 0]``
 (:mod:`medurwkv_net.cli.prepare_data`).
@@ -15,6 +17,7 @@ from pathlib import Path
 from medurwkv_net.core import errors as _errors
 
 from .augment import RandColorJitterd, RandHEStainJitterd, RandJPEGd, RandSpeckleNoised
+from .intensity import DivideByLocalMean, DivideByLocalMeand
 from .releases import (
     RELEASES,
     Release,
@@ -45,6 +48,8 @@ if _errors.running_monai_bundle():  # `python -m monai.bundle run ...`: a bad re
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "DivideByLocalMean",
+    "DivideByLocalMeand",
     "RELEASES",
     "Release",
     "ReleaseSpec",

@@ -26,9 +26,10 @@ BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" 
 PHOTO = ["medurwkv_busi", "medurwkv_glas", "medurwkv_isic2017", "medurwkv_isic2018", "medurwkv_kvasir",
          "medurwkv_tdd"]
 NO_HUB = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
-# the demo's MRI augmentations, in chain order (bias field, gamma, low resolution, blur, noise after an affine)
-MRI_AUGMENTATIONS = ["RandAffined", "RandBiasFieldd", "RandAdjustContrastd", "RandSimulateLowResolutiond",
-                     "RandGaussianSmoothd", "RandGaussianNoised"]
+# the demo's MRI augmentations, in chain order (bias field, gamma, low resolution, blur, noise)
+MRI_AUGMENTATIONS = ["RandBiasFieldd", "RandAdjustContrastd", "RandSimulateLowResolutiond", "RandGaussianSmoothd",
+                     "RandGaussianNoised"]
+DEMO = "medurwkv_mni152_tissue"
 
 
 def test_all_bundles_are_checked():
@@ -42,15 +43,17 @@ def test_transforms_are_declared_monai_classes(name):
         assert text.count('"_target_": "LoadImaged"') >= 1, (name, config)
         assert "medurwkv_net.bundle.train_transforms" not in text and "inference_transforms" not in text
     train = json.loads((REPO / "bundles" / name / "configs" / "train.json").read_text())
-    targets = [t["_target_"] for t in train["train"]["deterministic_transforms"] + train["train"]["random_transforms"]]
+    chains = ("deterministic_transforms", "random_transforms", "normalize_transforms")
+    targets = [t["_target_"] for c in chains for t in train["train"].get(c, [])]
     own = [t for t in targets if "." in t]
-    # project transforms only where MONAI has none: channel conversion, the releases' mask files, and the
-    # photo bundles' colour, stain, JPEG and speckle augmentations
+    # project transforms only where MONAI has none: channel conversion, the releases' mask files, the
+    # photo bundles' colour, stain, JPEG and speckle augmentations and the demo's bias-field normalisation
     augment = {f"medurwkv_net.data.{n}" for n in ("RandColorJitterd", "RandHEStainJitterd", "RandJPEGd",
                                                   "RandSpeckleNoised")}
     allowed = {"medurwkv_net.data.EnsureChannelsd", "medurwkv_net.data.LoadMaskd"}
-    assert set(own) <= allowed | (augment if name in PHOTO else set()), own
-    if name in PHOTO:  # augmented in 0..1, normalised after: validation takes both chains, as copies
+    allowed |= augment if name in PHOTO else {"medurwkv_net.data.DivideByLocalMeand"} if name == DEMO else set()
+    assert set(own) <= allowed, own
+    if name in PHOTO or name == DEMO:  # augmented, normalised after: validation takes both chains, as copies
         assert train["validate"]["deterministic_transforms"] == "%train#deterministic_transforms"
         assert train["validate"]["normalize_transforms"] == "%train#normalize_transforms"
         assert train["validate"]["preprocessing"]["transforms"] == (
@@ -101,17 +104,20 @@ def test_command_line_overrides_change_the_training_chain(tmp_path):
     default = _workflow(bundle, train).parser.get_parsed_content("train#preprocessing")
     names = [type(t).__name__ for t in default.transforms]
     assert names[:4] == ["LoadImaged", "EnsureChannelFirstd", "ScaleIntensityd", "EnsureTyped"]
-    assert names[4:] == ["SpatialPadd", "RandSpatialCropSamplesd", "RandFlipd", *MRI_AUGMENTATIONS, "ScaleIntensityd",
-                         "EnsureTyped"]
-    assert default.transforms[6].prob == 0.5 and default.transforms[8].prob == 0.5
+    assert names[4:] == ["SpatialPadd", "RandSpatialCropSamplesd", "RandFlipd", *MRI_AUGMENTATIONS, "EnsureTyped",
+                         "DivideByLocalMeand", "ScaleIntensityRanged"]
+    assert default.transforms[6].prob == 0.5 and default.transforms[7].prob == 0.1
+    assert default.transforms[-2].transform.sigma == [24.0]
 
     # what `python -m monai.bundle run training --config_file configs/train.json --train#...` passes on
     changed = _workflow(bundle, train, **{"train#random_transforms#2#prob": 0.2,
-                                         "train#random_transforms#4#prob": 0.9,
-                                         "train#random_transforms#4#coeff_range": [-0.2, 0.2]})
+                                         "train#random_transforms#3#prob": 0.9,
+                                         "train#random_transforms#3#coeff_range": [-0.2, 0.2],
+                                         "train#normalize_transforms#0#sigma": 16.0})
     chain = changed.parser.get_parsed_content("train#preprocessing")
     assert chain.transforms[6].prob == 0.2
-    assert chain.transforms[8].prob == 0.9 and tuple(chain.transforms[8].rand_bias_field.coeff_range) == (-0.2, 0.2)
+    assert chain.transforms[7].prob == 0.9 and tuple(chain.transforms[7].rand_bias_field.coeff_range) == (-0.2, 0.2)
+    assert chain.transforms[-2].transform.sigma == [16.0]
     no_aug = _workflow(bundle, train, **{"train#preprocessing#transforms": "$@train#deterministic_transforms"})
     assert [type(t).__name__ for t in no_aug.parser.get_parsed_content("train#preprocessing").transforms] == names[:4]
 
@@ -127,8 +133,8 @@ def test_command_line_overrides_change_the_training_chain(tmp_path):
 
 def test_demo_chain_simulates_what_real_mr_images_do(tmp_path):
     """Each MRI augmentation of the demo, forced on (probability 1 from an override), changes the image and
-    never the label, and the chain hands the network a [0, 1] image (rescaled after the intensity changes,
-    as evaluation rescales a degraded input)."""
+    never the label, and the chain hands the network the image divided by its local mean, mapped to [0, 1],
+    as evaluation and inference do."""
     import nibabel as nib
 
     rng = np.random.default_rng(0)
@@ -155,16 +161,40 @@ def test_demo_chain_simulates_what_real_mr_images_do(tmp_path):
         return torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
 
     base_img, base_lab = run()
-    assert float(base_img.min()) == 0.0 and float(base_img.max()) == 1.0
+    assert float(base_img.min()) >= 0.0 and 0.4 < float(base_img.max()) <= 1.0  # ratio 1 -> 0.5
     for name in MRI_AUGMENTATIONS:
         i = random_ids.index(name)
         image, label = run(**{f"train#random_transforms#{i}#prob": 1.0})
-        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0 + 1e-6, name
+        assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0, name
         assert (image - base_img).abs().max() > 1e-3, f"{name} at probability 1 left the image unchanged"
-        if name == "RandAffined":
-            assert not torch.equal(label, base_lab), "the affine moves the label with the image"
-        else:
-            assert torch.equal(label, base_lab), f"{name} changed the label"
+        assert torch.equal(label, base_lab), f"{name} changed the label"
+
+
+def test_demo_normalises_alike_in_training_validation_and_inference(tmp_path):
+    """The bias-field normalisation is one chain (``train#normalize_transforms``) that validation, evaluation
+    and inference apply as training does: the same slice gives the same network input in all of them, and
+    that input is not the plain [0, 1] rescaled slice."""
+    import nibabel as nib
+
+    yy, xx = np.mgrid[:96, :112]
+    disc = ((yy - 48) ** 2 + (xx - 56) ** 2 < 40**2).astype(np.float32)
+    img = disc * (60 + 40 * (np.sin(xx / 4.0) > 0)) * (0.8 + 0.4 * yy / 96)  # two tissues under a field
+    nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(disc.astype(np.uint8), np.eye(4)), tmp_path / "lab.nii.gz")
+    item = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    configs = REPO / "bundles" / DEMO / "configs"
+    images = {}
+    for name, files, key in [("validate", ["train.json"], "validate#preprocessing"),
+                             ("evaluate", ["train.json", "evaluate.json"], "validate#preprocessing"),
+                             ("inference", ["inference.json"], "preprocessing")]:
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        data = dict(item) if name != "inference" else {"image": item["image"]}
+        images[name] = torch.as_tensor(parser.get_parsed_content(key)(data)["image"])
+    torch.testing.assert_close(images["evaluate"], images["validate"])
+    torch.testing.assert_close(images["inference"], images["validate"])
+    rescaled = torch.as_tensor(img / img.max())[None]
+    assert (images["validate"] - rescaled).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("name", BUNDLES)
