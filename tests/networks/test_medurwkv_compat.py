@@ -33,12 +33,14 @@ def test_checkpoint_of_the_previous_release_loads_strictly_and_gives_its_output(
     torch.manual_seed(123)  # another initialisation than the one saved: only the loaded weights can match
     net = MedURWKV(**payload["config"]).eval()
     before = net(payload["input"]).detach()
-    assert (before - payload["output"]).abs().max() > 1e-3  # the comparison below can fail
+    assert (before - payload["output"]).abs().max() > 0.1  # the comparison below can fail
     net.load_state_dict(payload["state_dict"], strict=True)
     assert type(net) is MedURWKV and isinstance(net, MedURWKV) and net.spatial_dims == int(dims[0])
     with torch.no_grad():
         out = net(payload["input"])
-    torch.testing.assert_close(out, payload["output"], rtol=1e-5, atol=1e-5)
+    # outputs of magnitude ~1: the Bi-WKV path taken (C++ kernel or PyTorch) and the torch build move them by
+    # float32 rounding (up to 3e-5 seen), other weights by more than 0.1
+    torch.testing.assert_close(out, payload["output"], rtol=1e-4, atol=1e-4)
 
 
 def test_3d_checkpoint_loads_into_the_kept_3d_name(mini_variants):
@@ -48,7 +50,7 @@ def test_3d_checkpoint_loads_into_the_kept_3d_name(mini_variants):
     net.load_state_dict(payload["state_dict"], strict=True)
     assert isinstance(net, MedURWKV) and net.spatial_dims == 3
     with torch.no_grad():
-        torch.testing.assert_close(net(payload["input"]), payload["output"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net(payload["input"]), payload["output"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dims", ["2d", "3d"])
