@@ -30,6 +30,10 @@ and how they differ from the training augmentations (``train#random_transforms``
   averaging.
 * ``bias+rician3``: ``bias`` then ``rician3``.
 
+``--set ID=VALUE`` (repeatable; VALUE read as JSON where it parses, else as a string) changes a config id of
+train.json for training and evaluation alike, e.g. another normalisation:
+``--set train#normalize_transforms#0#order=1 --set train#normalize_transforms#0#sigma=48``.
+
 Evaluation reads the degraded slices through the bundle's own chain (``validate#preprocessing``: in the demo,
 rescaling and ``train#normalize_transforms``), as inference would. Degradations are seeded (``--seed``), the
 same for every network. The result files also list the training chains (:func:`recipe`).
@@ -117,6 +121,20 @@ def write_degraded(dataset_dir: Path, out_dir: Path, name: str, seed: int) -> Pa
     return out_dir
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["ID=VALUE", ...]`` -> ``{ID: VALUE}``; VALUE is read as JSON where it parses, else kept as a string."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected ID=VALUE, e.g. train#normalize_transforms#0#sigma=32")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
 def recipe(bundle: Path = BUNDLE) -> dict[str, list[str]]:
     """The bundle's training chains as ``Transform (p=probability)`` strings, for the result files."""
     train = json.loads((bundle / "configs" / "train.json").read_text())["train"]
@@ -146,6 +164,9 @@ def write_table(stem: Path, info: dict) -> str:
     lines += ["", "Degradations: " + "; ".join(f"`{k}` {v[0]}" for k, v in DEGRADATIONS.items()) + "."]
     lines += ["", "Training recipe (the bundle's train.json): " + "; ".join(
         f"`{chain}`: " + ", ".join(info["recipe"][chain]) for chain in info["recipe"]) + "."]
+    if info.get("overrides"):
+        lines += ["", "Config overrides: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in info["overrides"].items())
+                  + "."]
     table = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(table)
     return table
@@ -160,7 +181,10 @@ def main() -> None:
     p.add_argument("--networks", nargs="+", default=["MedURWKV-T", "BasicUNet"], choices=list(NETWORKS))
     p.add_argument("--seed", type=int, default=2026, help="seed of the degradations")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
+                   help="override a train.json config id for training and evaluation (repeatable)")
     args = p.parse_args()
+    overrides = parse_overrides(args.set)
 
     work = Path(tempfile.mkdtemp(prefix="bench_robustness_"))
     dataset_dir = work / "data"
@@ -173,10 +197,11 @@ def main() -> None:
     info = {"bundle": BUNDLE.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "machine": platform.platform(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "seed": args.seed,
-            "degradations": {k: v[0] for k, v in DEGRADATIONS.items()}, "recipe": recipe(), "results": []}
+            "degradations": {k: v[0] for k, v in DEGRADATIONS.items()}, "recipe": recipe(), "overrides": overrides,
+            "results": []}
     for name in args.networks:
-        row = train_one(name, NETWORKS[name], args.budget_s, str(dataset_dir), work, args.max_epochs, {})
-        base = {"bundle_root": str(BUNDLE), "ckpt_dir": str(work / name / "models")}
+        row = train_one(name, NETWORKS[name], args.budget_s, str(dataset_dir), work, args.max_epochs, overrides)
+        base = {**overrides, "bundle_root": str(BUNDLE), "ckpt_dir": str(work / name / "models")}
         if NETWORKS[name] is not None:
             base["network_def"] = NETWORKS[name]
         scores = {"clean": row["test"]}

@@ -92,3 +92,19 @@ def test_result_files_name_the_training_recipe(bench, tmp_path):
     assert "`normalize_transforms`: DivideByLocalMeand, ScaleIntensityRanged" in table
     assert "**0.500** (0.400 / 0.600)" in table
     assert json.loads((tmp_path / "r.json").read_text())["recipe"] == recipe
+
+
+def test_config_overrides_are_parsed_and_listed(bench, tmp_path):
+    overrides = bench.parse_overrides(["train#normalize_transforms#0#order=1",
+                                       "train#normalize_transforms#0#sigma=48.0", "device=cpu"])
+    assert overrides == {"train#normalize_transforms#0#order": 1, "train#normalize_transforms#0#sigma": 48.0,
+                         "device": "cpu"}
+    with pytest.raises(SystemExit, match="ID=VALUE"):
+        bench.parse_overrides(["max_epochs"])
+    clean = {"test_mean_dice": 0.5, "test_mean_dice_grey_matter": 0.4, "test_mean_dice_white_matter": 0.6}
+    info = {"bundle": "demo", "device": "cpu", "torch": "x", "threads": 2, "load_average_at_end": (1.0, 1.0, 1.0),
+            "recipe": bench.recipe(), "overrides": overrides,
+            "results": [{"network": "N", "epochs": 1, "wall_s": 1.0, "scores": {"clean": clean}}]}
+    table = bench.write_table(tmp_path / "r", info)
+    assert ("Config overrides: `train#normalize_transforms#0#order=1`, "
+            "`train#normalize_transforms#0#sigma=48.0`") in table

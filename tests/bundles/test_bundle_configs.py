@@ -113,11 +113,13 @@ def test_command_line_overrides_change_the_training_chain(tmp_path):
     changed = _workflow(bundle, train, **{"train#random_transforms#2#prob": 0.2,
                                          "train#random_transforms#3#prob": 0.9,
                                          "train#random_transforms#3#coeff_range": [-0.2, 0.2],
-                                         "train#normalize_transforms#0#sigma": 16.0})
+                                         "train#normalize_transforms#0#sigma": 48.0,
+                                         "train#normalize_transforms#0#order": 1})
     chain = changed.parser.get_parsed_content("train#preprocessing")
     assert chain.transforms[6].prob == 0.2
     assert chain.transforms[7].prob == 0.9 and tuple(chain.transforms[7].rand_bias_field.coeff_range) == (-0.2, 0.2)
-    assert chain.transforms[-2].transform.sigma == [16.0]
+    assert chain.transforms[-2].transform.sigma == [48.0] and chain.transforms[-2].transform.order == 1
+    assert default.transforms[-2].transform.order == 0
     no_aug = _workflow(bundle, train, **{"train#preprocessing#transforms": "$@train#deterministic_transforms"})
     assert [type(t).__name__ for t in no_aug.parser.get_parsed_content("train#preprocessing").transforms] == names[:4]
 
