@@ -119,8 +119,14 @@ def _local_linear_fit(channel: torch.Tensor, inside: torch.Tensor, sigma: Sequen
 
     unit = [[int(i == j) for j in range(dims)] for i in range(dims)]
     basis = [[0] * dims, *unit]  # constant, then one linear term per axis
+    weights: dict[tuple[int, ...], torch.Tensor] = {}  # the normal matrix is symmetric: each moment filtered once
+    for r in basis:
+        for c in basis:
+            powers = tuple(a + b for a, b in zip(r, c))
+            if powers not in weights:
+                weights[powers] = moment(inside, powers)
     lhs = torch.stack(
-        [torch.stack([moment(inside, [a + b for a, b in zip(r, c)]) for c in basis], -1) for r in basis], -2
+        [torch.stack([weights[tuple(a + b for a, b in zip(r, c))] for c in basis], -1) for r in basis], -2
     )
     rhs = torch.stack([moment(log_values, r) for r in basis], -1)
     ridge = 1e-4 * float(lhs[..., 0, 0].max()) * torch.eye(len(basis), device=channel.device)
